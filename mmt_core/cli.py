@@ -1,0 +1,172 @@
+"""The `mmt` command (also `python -m mmt_core`).
+
+Each sub-command is a thin shell over one core function; `--json` prints that function's dict on
+stdout. A user error (UserError: bad path, bad media, bad flag) prints one line on stderr and
+exits 2, with no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        if isinstance(value, (dict, list)) and len(json.dumps(value, default=str)) > 200:
+            continue  # long tables only in --json
+        print(f"{key}: {value}")
+
+
+def cmd_info(a) -> dict:
+    from .registry import model_info
+
+    return model_info(a.model, frames=a.frames, size=a.size, audio_frames=a.audio_frames,
+                      mel_bins=a.mel_bins, num_classes=a.num_classes)
+
+
+def cmd_models(a) -> dict:
+    from .registry import list_models
+
+    return {"models": list_models()}
+
+
+def cmd_synth(a) -> dict:
+    from .data.synthetic import write_dataset
+
+    return write_dataset(a.out, clips_per_class=a.clips_per_class, seed=a.seed, split=a.split,
+                         progress=not a.json)
+
+
+def cmd_stats(a) -> dict:
+    from .data.features import dataset_stats
+
+    return dataset_stats(a.manifest, split=a.split, limit=a.limit, format=a.format,
+                         progress=not a.json)
+
+
+def cmd_cache(a) -> dict:
+    from .config import load_config
+    from .data.cache import build_cache
+
+    cfg = load_config(a.config, a.set)
+    return build_cache(cfg.data, out_dir=a.out, split=a.split, progress=not a.json)
+
+
+def cmd_train(a) -> dict:
+    from .config import load_config
+    from .engine import train
+
+    cfg = load_config(a.config, a.set)
+    return train(cfg, a.out, resume=a.resume, progress=not a.json)
+
+
+def cmd_eval(a) -> dict:
+    from .engine import evaluate_checkpoint
+
+    return evaluate_checkpoint(a.checkpoint, manifest=a.manifest, split=a.split, views=a.views,
+                               pointing=a.pointing, batch_size=a.batch_size, progress=not a.json)
+
+
+def cmd_predict(a) -> dict:
+    from .inference import predict_file
+
+    return predict_file(a.clip, a.checkpoint, topk=a.topk)
+
+
+def cmd_bench(a) -> dict:
+    from .bench import run_benchmark
+
+    return run_benchmark([m for m in a.models.split(",") if m], device=a.device, mode=a.mode,
+                         batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
+                         size=a.size, print_table=not a.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmt", description="Multiscale Multimodal Transformer workbench")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("info", cmd_info, "parameters and GMACs (multiply-adds) of a registered model")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--frames", type=int, default=None, help="video frames T (default: the model's)")
+    sp.add_argument("--size", type=int, default=None, help="video frame side (default: the model's)")
+    sp.add_argument("--audio-frames", type=int, default=None, help="fbank frames (default: the model's)")
+    sp.add_argument("--mel-bins", type=int, default=None, help="mel bins (default: the model's)")
+    sp.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's)")
+
+    add("models", cmd_models, "list the registered model names")
+
+    sp = add("synth", cmd_synth, "write the built-in 'sounding objects' dataset (mp4 + manifest.csv)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--clips-per-class", type=int, default=20)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--split", default="train")
+
+    sp = add("stats", cmd_stats, "fbank normalisation mean/std of a dataset")
+    sp.add_argument("--manifest", required=True)
+    sp.add_argument("--split", default="train")
+    sp.add_argument("--format", default="auto")
+    sp.add_argument("--limit", type=int, default=0, help="use at most N clips (0 = all)")
+
+    sp = add("cache", cmd_cache, "decode a split once into memory-mappable frame + fbank shards")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--split", default="train")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    sp = add("train", cmd_train, "train a model from a YAML recipe")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--out", required=True, help="run directory")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key, e.g. --set train.max_steps=8 --set seed=1")
+    sp.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last")
+
+    sp = add("eval", cmd_eval, "evaluate a checkpoint on a manifest")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--manifest", required=True)
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--views", type=int, default=None, help="temporal views per clip (paper: 5)")
+    sp.add_argument("--pointing", action="store_true", help="Grad-CAM pointing game (built-in data)")
+    sp.add_argument("--batch-size", type=int, default=8)
+
+    sp = add("predict", cmd_predict, "predict the classes of one clip")
+    sp.add_argument("clip")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--topk", type=int, default=5)
+
+    sp = add("bench", cmd_bench, "throughput, GFLOPs, MFU and memory of models on one device")
+    sp.add_argument("--models", default="mat_b,ast_b")
+    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sp.add_argument("--mode", default="infer", choices=["infer", "train"])
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--steps", type=int, default=None)
+    sp.add_argument("--warmup", type=int, default=None)
+    sp.add_argument("--size", default="full", choices=["full", "smoke"],
+                    help="smoke: tiny inputs and variants, for CI")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.fn(args)
+    except UserError as e:
+        print(f"mmt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if result is not None:
+        _print_result(result, args.json)
+    return 0
