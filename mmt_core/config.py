@@ -37,7 +37,7 @@ class DataConfig:
     hflip: bool = True  # random horizontal flip in training
     freq_mask: int = 48  # SpecAugment frequency mask width (AST: 48 of 128)
     time_mask: int = 192  # SpecAugment time mask width (AST: 192 of 1024)
-    mixup: float = 0.0  # mixup alpha on fbank+frames (0 = off)
+    mixup: float = 0.0  # mixup alpha (0 = off; the training loop rejects other values for now)
     test_views: int = 1  # evenly spaced temporal views averaged at test time (paper: 5)
     cache_dir: str = ""  # preprocessed frame+fbank shards (mmt_core.data.cache); "" = decode on the fly
     max_clip_seconds: float = 600.0  # refuse longer files (decode cap)
@@ -108,9 +108,20 @@ def _build(cls, values: dict, where: str):
             kwargs[key] = _build(type(default), value, f"{where}.{key}" if where else key)
         elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[key] = tuple(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) \
+                and isinstance(value, str):
+            kwargs[key] = _number(value, type(default), f"{where}.{key}" if where else key)
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+def _number(text: str, kind: type, key: str):
+    """YAML 1.1 reads `5e-4` (no dot) as a string: accept it for numeric keys."""
+    try:
+        return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+    except ValueError:
+        raise ConfigError(f"config key '{key}' expects a number, got '{text}'") from None
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:
