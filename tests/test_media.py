@@ -1,0 +1,162 @@
+"""media.probe / media.decode on every container the product promises, and every error path."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from conftest import frame_level, make_media
+from mmt_core.data import media
+from mmt_core.errors import MediaError
+
+FORMATS = [  # name, muxer, video codec, audio codec, fps, sample rate, channels
+    ("h264_aac.mp4", "mp4", "libx264", "aac", 25, 44100, 2),
+    ("vp9_opus.webm", "webm", "libvpx-vp9", "libopus", 30, 48000, 2),
+    ("h264_mp3.mkv", "matroska", "libx264", "libmp3lame", 24, 22050, 1),
+    ("h264_aac.mov", "mov", "libx264", "aac", 30000 / 1001, 32000, 2),
+    ("mpeg4_mp3.avi", "avi", "mpeg4", "libmp3lame", 15, 44100, 2),
+]
+
+
+@pytest.mark.parametrize("name,fmt,vcodec,acodec,fps,rate,channels", FORMATS)
+def test_decode_each_format(tmp_path, name, fmt, vcodec, acodec, fps, rate, channels):
+    p = make_media(tmp_path / name, fmt=fmt, vcodec=vcodec, acodec=acodec, fps=fps, rate=rate,
+                   channels=channels, seconds=2.0, size=(64, 48))
+    info = media.probe(p)
+    assert info.has_video and info.has_audio
+    assert (info.width, info.height) == (64, 48)
+    assert info.sample_rate == rate and info.channels == channels
+    assert info.fps == pytest.approx(fps, rel=1e-3)
+    assert 1.9 < info.duration < 2.3
+
+    clip = media.decode(p, num_frames=4, clip_seconds=1.0, start=0.5)
+    assert clip.frames.shape == (4, 48, 64, 3) and clip.frames.dtype == np.uint8
+    assert clip.audio.shape == (16000,) and clip.audio.dtype == np.float32
+    assert clip.sample_rate == 16000 and clip.has_audio
+    np.testing.assert_allclose(clip.times, [0.625, 0.875, 1.125, 1.375])
+    # each sampled frame is the one on screen at its time; one frame of slack because PyAV's
+    # AVI muxer writes the first packet with a doubled duration (ffprobe shows pts 0, 2, 3, ...)
+    got = clip.frames[:, 24, 32].mean(-1)
+    for g, t in zip(got, clip.times):
+        k = int(t * fps + 1e-6)
+        assert min(abs(g - frame_level(k)), abs(g - frame_level(k - 1))) <= 4, (got, clip.times)
+    # the tone's amplitude ramps 0 -> 0.8 over 2 s: the window [0.5, 1.5] holds 0.2 .. 0.6
+    head, tail = np.abs(clip.audio[:800]).max(), np.abs(clip.audio[-800:]).max()
+    assert 0.15 < head < 0.3 and 0.5 < tail < 0.7, (head, tail)
+
+
+def test_windows_views_and_random(tmp_path):
+    p = make_media(tmp_path / "c.mp4", seconds=4.0, fps=25)
+    centre = media.decode(p, num_frames=2, clip_seconds=2.0)
+    assert centre.start == pytest.approx(1.0, abs=0.05)  # one view = the centre window
+    views = [media.decode(p, num_frames=2, clip_seconds=1.0, view=i, num_views=3).start for i in range(3)]
+    assert views == pytest.approx([0.0, 1.5, 3.0], abs=0.05)  # ends included, evenly spaced
+    a = media.decode(p, num_frames=2, clip_seconds=1.0, rng=np.random.default_rng(5))
+    b = media.decode(p, num_frames=2, clip_seconds=1.0, rng=np.random.default_rng(5))
+    c = media.decode(p, num_frames=2, clip_seconds=1.0, rng=np.random.default_rng(6))
+    assert a.start == b.start and np.array_equal(a.frames, b.frames) and a.start != c.start
+    assert 0.0 <= a.start <= 3.0
+
+
+def test_segment_and_padding(tmp_path):
+    p = make_media(tmp_path / "s.mkv", fmt="matroska", seconds=3.0, fps=25, rate=16000)
+    seg = media.decode(p, num_frames=4, clip_seconds=2.0, start=1.0, end=1.4)  # EPIC-style segment
+    assert np.all((seg.times >= 1.0) & (seg.times <= 1.4))
+    assert np.abs(seg.audio[: int(0.35 * 16000)]).max() > 0.1
+    assert np.abs(seg.audio[int(0.45 * 16000):]).max() == 0.0  # zero past the segment end
+    tail = media.decode(p, num_frames=2, clip_seconds=2.0, start=2.5)  # runs past the file end
+    assert tail.audio.shape == (32000,) and np.abs(tail.audio[int(0.6 * 16000):]).max() == 0.0
+    assert np.all(tail.times <= 3.0)
+
+
+def test_downscale_and_no_audio(tmp_path):
+    p = make_media(tmp_path / "silent.mp4", size=(160, 96), audio=False)
+    info = media.probe(p)
+    assert not info.has_audio and info.sample_rate == 0
+    clip = media.decode(p, num_frames=3, clip_seconds=1.0, max_side=80)
+    assert clip.frames.shape == (3, 48, 80, 3)
+    assert media.decode(p, num_frames=1, clip_seconds=1.0, short_side=48).frames.shape == (1, 48, 80, 3)
+    assert media.decode(p, num_frames=1, clip_seconds=1.0, short_side=200).frames.shape == (1, 96, 160, 3)
+    assert not clip.has_audio and clip.audio.shape == (16000,) and not clip.audio.any()
+
+
+def test_audio_only_file(tmp_path):
+    p = make_media(tmp_path / "a.m4a", fmt="mp4", video=False)
+    with pytest.raises(MediaError, match="no video stream"):
+        media.decode(p, num_frames=2, clip_seconds=1.0)
+    clip = media.decode(p, num_frames=2, clip_seconds=1.0, video=False)  # audio-only models
+    assert clip.has_audio and np.abs(clip.audio).max() > 0.1 and clip.frames.shape[0] == 0
+
+
+def test_bad_files(tmp_path, monkeypatch):
+    with pytest.raises(MediaError, match="not found"):
+        media.decode(tmp_path / "missing.mp4", num_frames=2, clip_seconds=1.0)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(MediaError, match="empty"):
+        media.probe(empty)
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(MediaError, match="not a readable media file"):
+        media.decode(text, num_frames=2, clip_seconds=1.0)
+    good = make_media(tmp_path / "good.mp4", seconds=2.0)
+    cut = tmp_path / "cut.mp4"  # moov atom at the end: half a file has no index
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(MediaError):
+        media.decode(cut, num_frames=2, clip_seconds=1.0)
+    header_only = tmp_path / "header_only.mkv"  # streams declared, zero frames: zero duration
+    c = av.open(str(header_only), "w")
+    vs = c.add_stream("libx264", rate=25)
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    c.start_encoding()
+    c.close()
+    with pytest.raises(MediaError, match="header_only.mkv"):
+        media.decode(header_only, num_frames=2, clip_seconds=1.0)
+    with pytest.raises(MediaError, match="too long"):
+        media.decode(good, num_frames=2, clip_seconds=1.0, max_seconds=1.0)
+    # a short segment of a file longer than the cap is fine (EPIC videos are long)
+    assert media.decode(good, num_frames=2, clip_seconds=0.5, start=0.5, end=1.0, max_seconds=1.0).frames.shape[0] == 2
+    with pytest.raises(MediaError, match="num_frames"):
+        media.decode(good, num_frames=0, clip_seconds=1.0)
+    with pytest.raises(MediaError, match="empty window"):
+        media.decode(good, num_frames=2, clip_seconds=1.0, start=5.0, end=6.0)
+    with pytest.raises(MediaError, match="longer than"):
+        media.decode(good, num_frames=2, clip_seconds=1.0, time_limit=0.0)
+    monkeypatch.setattr(media, "MAX_PIXELS", 32 * 32)
+    with pytest.raises(MediaError, match="frame size"):
+        media.decode(good, num_frames=2, clip_seconds=1.0)
+
+
+def test_truncated_faststart_is_an_error(tmp_path):
+    """A faststart mp4 cut short still opens, but a window past where frames stop is refused."""
+    src = make_media(tmp_path / "src.mp4", seconds=3.0)
+    fast = tmp_path / "fast.mp4"
+    with av.open(str(src)) as i, av.open(str(fast), "w", format="mp4",
+                                          options={"movflags": "+faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for pkt in i.demux():
+            if pkt.dts is not None:
+                pkt.stream = streams[pkt.stream.index]
+                o.mux(pkt)
+    data = fast.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(MediaError, match="truncated file"):
+        media.decode(cut, num_frames=4, clip_seconds=3.0)
+    head = media.decode(cut, num_frames=2, clip_seconds=0.5, start=0.0)  # the intact head decodes
+    assert head.frames.shape == (2, 48, 64, 3)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args in (["synth", "--out", str(tmp_path / "x"), "--clips-per-class", "0"],
+                 ["synth", "--out", str(tmp_path / "y"), "--seed", "-3"],
+                 ["stats", "--manifest", str(tmp_path / "missing.csv")]):
+        r = subprocess.run([sys.executable, "-m", "mmt_core", *args], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mmt {args[0]}: error:"), r.stderr
+        assert "Traceback" not in r.stderr

@@ -1,0 +1,132 @@
+"""The built-in "sounding objects" dataset: files, manifest, determinism, sidecar boxes, design."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+import av
+import numpy as np
+import pytest
+
+from mmt_core.data import media, synthetic
+from mmt_core.data.features import fbank
+from mmt_core.errors import UserError
+
+
+def _rows(out):
+    with (out / "manifest.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_manifest_and_files(synth_dir):
+    rows = _rows(synth_dir)
+    assert Counter(r["split"] for r in rows) == {"train": 12, "test": 6}
+    assert Counter(r["label"] for r in rows if r["split"] == "train") == {c.name: 2 for c in synthetic.CLASSES}
+    for r in rows:
+        assert (synth_dir / r["path"]).is_file() and (synth_dir / r["path"]).with_suffix(".json").is_file()
+    looks = Counter(c.look for c in synthetic.CLASSES)
+    sounds = Counter(c.sound for c in synthetic.CLASSES)
+    assert set(looks.values()) == {2} and set(sounds.values()) == {2}  # each sense is ambiguous
+    assert len({(c.look, c.sound) for c in synthetic.CLASSES}) == 6
+
+
+def test_codecs_are_browser_playable(synth_dir):
+    path = synth_dir / _rows(synth_dir)[0]["path"]
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert v.codec_context.name == "h264" and v.codec_context.pix_fmt == "yuv420p"
+        assert a.codec_context.name == "aac" and a.codec_context.sample_rate == 44100
+        assert float(v.average_rate) == 25
+    head = path.read_bytes()[:4096]
+    assert head.find(b"moov") < head.find(b"mdat") or b"mdat" not in head  # +faststart
+    info = media.probe(path)
+    assert info.duration == pytest.approx(4.0, abs=0.05) and (info.width, info.height) == (128, 128)
+
+
+def test_same_seed_identical_other_seed_new(tmp_path):
+    a, b, c = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "c.mp4"
+    synthetic.make_clip(a, 3, synthetic._clip_rng(7, "train", 3, 0))
+    synthetic.make_clip(b, 3, synthetic._clip_rng(7, "train", 3, 0))
+    synthetic.make_clip(c, 3, synthetic._clip_rng(8, "train", 3, 0))
+    assert a.read_bytes() == b.read_bytes()
+    assert a.with_suffix(".json").read_text() == b.with_suffix(".json").read_text()
+    assert a.read_bytes() != c.read_bytes()
+    assert json.loads(c.with_suffix(".json").read_text())["class"] == "box_whistle"
+
+
+def test_append_never_overwrites(tmp_path):
+    synthetic.write_dataset(tmp_path, clips_per_class=1, seed=0, split="train", progress=False)
+    first = (tmp_path / "train" / "train_s0_ball_bell_0000.mp4").read_bytes()
+    r = synthetic.write_dataset(tmp_path, clips_per_class=1, seed=3, split="train", progress=False)
+    assert r["clips"] == 6 and r["classes"] == [c.name for c in synthetic.CLASSES]
+    rows = _rows(tmp_path)
+    assert len(rows) == 12 and len({x["path"] for x in rows}) == 12
+    assert (tmp_path / "train" / "train_s0_ball_bell_0000.mp4").read_bytes() == first
+    synthetic.write_dataset(tmp_path, clips_per_class=1, seed=3, split="train", progress=False)
+    assert len(_rows(tmp_path)) == 12  # the same split+seed again replaces its rows
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(UserError, match="clips-per-class"):
+        synthetic.write_dataset(tmp_path, clips_per_class=0)
+    with pytest.raises(UserError, match="split"):
+        synthetic.write_dataset(tmp_path, clips_per_class=1, split="../x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        synthetic.write_dataset(tmp_path / "file", clips_per_class=1)
+
+
+def test_boxes_inside_frame_and_on_the_object(synth_dir):
+    for row in _rows(synth_dir)[:6]:
+        path = synth_dir / row["path"]
+        side = json.loads(path.with_suffix(".json").read_text())
+        times, boxes = synthetic.load_boxes(path)
+        assert boxes.shape == (100, 4) and len(times) == 100
+        assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2:] <= 128)
+        assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+        clip = media.decode(path, num_frames=10, clip_seconds=4.0)
+        colour = np.array(synthetic._COLOURS[side["look"]], np.float32)
+        for frame, box in zip(clip.frames, synthetic.boxes_at(path, clip.times)):
+            cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+            centre = frame[cy - 2:cy + 3, cx - 2:cx + 3].reshape(-1, 3).mean(0)
+            # the box centre shows the sounding object's colour (possibly flashed brighter)
+            dominant = int(np.argmax(colour))
+            assert np.argmax(centre) == dominant, (row["path"], centre, colour)
+
+
+def test_hits_happen_at_sound_onsets(synth_dir):
+    """The object jumps (box moves up) right at each event onset and the audio starts there."""
+    path = synth_dir / _rows(synth_dir)[1]["path"]
+    side = json.loads(path.with_suffix(".json").read_text())
+    times, boxes = synthetic.load_boxes(path)
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    rest_y = np.median(cy)
+    for onset in side["events"]:
+        k = int(np.ceil(onset * 25 - 1e-9))  # first frame at or after the onset
+        assert cy[k] < rest_y - 3  # jumped up at the onset frame
+        assert abs(cy[k - 1] - rest_y) < abs(cy[k] - rest_y)  # more than just before it
+    clip = media.decode(path, num_frames=1, clip_seconds=4.0)
+    env = np.abs(clip.audio).reshape(-1, 160).max(1)  # 10 ms envelope
+    i = int(side["events"][0] * 100)  # before the first event there is only the noise floor
+    assert env[i + 1:i + 4].max() > 3 * env[:i - 1].max()
+
+
+def test_sounds_differ_by_sound_not_by_look():
+    """Mean spectra of the three sounds are distinct; the class only picks which one plays."""
+    spectra = {}
+    for kind in ("drum", "bell", "whistle"):
+        rng = np.random.default_rng(0)
+        wav = synthetic._sound(kind, rng)
+        spectra[kind] = fbank(wav, 44100, 64, None).mean(1).numpy()
+    peaks = {k: int(np.argmax(v)) for k, v in spectra.items()}
+    assert peaks["drum"] < peaks["bell"] < peaks["whistle"]
+
+
+def test_event_statistics_do_not_depend_on_class():
+    counts = {c.name: [] for c in synthetic.CLASSES}
+    for label, c in enumerate(synthetic.CLASSES):
+        for i in range(40):
+            counts[c.name].append(len(synthetic._event_times(synthetic._clip_rng(0, "train", label, i))))
+    means = [np.mean(v) for v in counts.values()]
+    assert max(means) - min(means) < 0.8  # 3..6 events uniformly, whatever the class
