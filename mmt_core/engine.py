@@ -1,0 +1,408 @@
+"""Training and evaluation loops: one plain loop from a laptop CPU to `torchrun` on many GPUs.
+
+    mmt train --config configs/synthetic_mmt_tiny.yaml --out runs/mmt_tiny
+    torchrun --nproc_per_node 8 -m mmt_core train --config configs/vggsound_mmt_b.yaml --out runs/vgg
+
+What happens per step: the batch (two augmented views when IMC/IM-AL is on) goes through the model
+in ONE forward (views concatenated along the batch), the output is split back into the two
+views, `losses.compute_losses` gives eq. 7, AdamW steps, the per-step warm-up + cosine schedule
+moves on. CUDA gets bf16 autocast and fused AdamW; the CPU runs float32. Resume is exact: the
+data order is a pure function of (seed, epoch), augmentations of (seed, epoch, clip index), and
+the model's own randomness (dropout, drop-path) comes from the saved torch RNG state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import checkpoint as ckpt
+from .config import ExperimentConfig
+from .errors import ConfigError, UserError
+from .evaluation import evaluate_checkpoint, model_inputs, resolve_device, run_eval  # noqa: F401
+from .models.output import ModelOutput
+
+
+# ---------------------------------------------------------------- small pure helpers
+
+def lr_factor(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warm-up, then cosine
+    down to `min_ratio`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def split_output(out: ModelOutput, n: int) -> tuple[ModelOutput, ModelOutput]:
+    """Split a ModelOutput of a batch [view1; view2] (2n rows) into the two views' outputs."""
+    def cut(x, part):
+        if isinstance(x, torch.Tensor):
+            return x[:n] if part == 0 else x[n:]
+        if isinstance(x, dict):
+            return {k: cut(v, part) for k, v in x.items()}
+        return x
+    fields = [f.name for f in dataclasses.fields(out)]
+    return tuple(ModelOutput(**{f: cut(getattr(out, f), part) for f in fields}) for part in (0, 1))
+
+
+def headline_top1(report: dict) -> float:
+    """The number `best` is chosen by: top-1 of the single head, or action top-1 (verb+noun)."""
+    for key in ("action_top1", "top1"):
+        if isinstance(report.get(key), (int, float)):
+            return float(report[key])
+    if isinstance(report.get("action"), dict):
+        return float(report["action"]["top1"])
+    raise KeyError("report has no top1")
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also used with one process) that can skip the first `skip` indices of
+    its epoch, so a run resumed mid-epoch sees exactly the clips it had not seen yet."""
+
+    skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self):
+        return super().__len__() - self.skip
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # base seed from the loader's generator + worker id
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group:
+    nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _all_sum(values: list[float], world: int, device: torch.device) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _loaders_kwargs(cfg: ExperimentConfig, device: torch.device) -> dict:
+    from .data.dataset import collate_skip_broken
+
+    return dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                collate_fn=collate_skip_broken, worker_init_fn=_seed_worker)
+
+
+# ---------------------------------------------------------------- training
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, position embeddings and prefix tokens (MViT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or "pos" in name or "token" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(cfg: ExperimentConfig, classes: dict[str, list[str]]) -> torch.nn.Module:
+    from .registry import create_model
+
+    d = cfg.data
+    try:
+        return create_model(cfg.model, num_classes=ckpt.num_classes_of(classes),
+                            num_frames=d.num_frames, image_size=d.image_size,
+                            mel_bins=d.num_mel_bins, audio_frames=d.audio_frames,
+                            **cfg.model_args)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot build model '{cfg.model}': {e}") from None
+
+
+def _init_weights(model, cfg: ExperimentConfig) -> None:
+    if not cfg.train.init:
+        return
+    if cfg.train.init_source:
+        from .models.convert import load_foreign_weights
+
+        load_foreign_weights(model, cfg.train.init, cfg.train.init_source)
+    else:
+        src, _ = ckpt.load_checkpoint(cfg.train.init)
+        own = model.state_dict()
+        state = {k: v for k, v in src.state_dict().items()
+                 if k in own and own[k].shape == v.shape}  # heads of other datasets are skipped
+        model.load_state_dict(state, strict=False)
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` step checkpoints plus whatever `last`/`best` point at."""
+    pinned = {os.readlink(run_dir / n) for n in ("last", "best") if (run_dir / n).is_symlink()}
+    steps = sorted(p for p in run_dir.glob("step-*") if p.is_dir())
+    for p in steps[:-max(1, keep)]:
+        if p.name not in pinned:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
+    """Train `cfg` into RUN_DIR `out_dir` (metrics.jsonl, step-*/ checkpoints, last, best)."""
+    from tqdm.auto import tqdm
+
+    from .data.dataset import AVDataset
+    from .data.manifests import read_manifest
+    from .losses import compute_losses
+
+    t0 = time.time()
+    tc, run_dir = cfg.train, Path(out_dir)
+    rank, world, device = _setup_distributed(tc.device)
+    main = rank == 0
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest is not set (give it in the recipe or --set data.manifest=...)")
+    if cfg.data.mixup:  # mixup_batch exists (data/transforms.py) but the loop does not mix yet
+        raise ConfigError("data.mixup is not supported by the training loop yet; set it to 0")
+    if resume and not (run_dir / "last").exists():
+        raise UserError(f"cannot resume: {run_dir / 'last'} does not exist")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    # Data: one manifest read gives the class list shared by the train and val splits.
+    man = read_manifest(cfg.data.manifest, format=cfg.data.format, root=cfg.data.root)
+    classes = man.classes
+    train_recs = [r for r in man.records if r.split == cfg.data.train_split]
+    val_recs = [r for r in man.records if cfg.data.val_split and r.split == cfg.data.val_split]
+    if not train_recs:
+        raise ConfigError(f"no '{cfg.data.train_split}' clips in {cfg.data.manifest}")
+
+    _seed_all(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg, classes)
+    _init_weights(model, cfg)
+    if tc.grad_checkpoint:  # recompute block activations in backward: less memory, ~30 % slower
+        if hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        elif main:
+            print(f"warning: {cfg.model} has no set_grad_checkpointing; ignoring "
+                  "train.grad_checkpoint", file=sys.stderr)
+    model.to(device)
+    two_views = cfg.loss.imc or cfg.loss.imal
+    train_set = AVDataset(train_recs, classes, cfg.data, train=True, two_views=two_views,
+                          modalities=model.modalities, seed=tc.seed)
+    val_set = (AVDataset(val_recs, classes, cfg.data, train=False, num_views=cfg.data.test_views,
+                         modalities=model.modalities, seed=tc.seed) if val_recs else None)
+    sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                               seed=tc.seed)
+    loader_gen = torch.Generator()
+    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
+                        generator=loader_gen, **_loaders_kwargs(cfg, device))
+    steps_per_epoch = len(sampler) // tc.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(sampler)} training clips per process is fewer than "
+                          f"train.batch_size={tc.batch_size}")
+    total = tc.epochs * steps_per_epoch
+
+    opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr,
+                            fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
+        s, total=total, warmup=round(tc.warmup_epochs * steps_per_epoch),
+        min_ratio=tc.min_lr / tc.lr))
+    step, epoch, pos, best = 0, 1, 0, -1.0
+    if resume:
+        state = ckpt.load_train_state(run_dir / "last")
+        saved = ckpt.read_meta(run_dir / "last")
+        if saved["model"] != cfg.model:
+            raise UserError(f"cannot resume: {run_dir} trains '{saved['model']}', the config "
+                            f"says '{cfg.model}'")
+        ckpt.load_weights_into(model, run_dir / "last")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, epoch, pos, best = state["step"], state["epoch"], state["pos"], state["best"]
+        if world != state.get("world_size", 1):
+            raise UserError(f"cannot resume exactly: saved with {state.get('world_size')} "
+                            f"processes, now {world}")
+        ckpt.set_rng_state(state["rng"])
+    else:
+        torch.manual_seed(tc.seed + rank)  # each rank its own dropout / drop-path noise
+
+    net = model  # the plain module: checkpoints, eval and attributes
+    if world > 1:
+        # Some parameters get no gradient in some set-ups (g_A/g_V without a contrastive term,
+        # the unused head of a single-modality MMT), so DDP must look for unused ones.
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    if tc.compile:  # after DDP, as PyTorch recommends (DDP-aware graph breaks at buckets)
+        model = torch.compile(model)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16,
+               enabled=tc.amp and device.type == "cuda")
+    log = open(run_dir / "metrics.jsonl", "a") if main else None
+    tb = None
+    if main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:
+            pass
+    data_info = {"train_clips": len(train_recs), "val_clips": len(val_recs)}
+
+    def write(record: dict) -> None:
+        if main:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if tb:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                        tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+
+    def save(metrics: dict, is_best: bool) -> None:
+        if not main:
+            return
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "rng": ckpt.rng_state(), "step": step, "epoch": epoch, "pos": pos,
+                 "best": best, "world_size": world}
+        epochs_done = round(epoch - 1 + pos / steps_per_epoch, 4)  # e.g. 2.5 = mid-epoch 3
+        meta = ckpt.make_meta(cfg, net, classes, metrics=metrics, step=step, epoch=epochs_done,
+                              data_info=data_info)
+        target = ckpt.write_checkpoint_dir(run_dir / f"step-{step:07d}", net, meta, state)
+        ckpt.point_link(run_dir, "last", target)
+        if is_best:
+            ckpt.point_link(run_dir, "best", target)
+        _prune(run_dir, tc.keep_last)
+
+    val_report, train_stats, done = {}, {}, bool(tc.max_steps and step >= tc.max_steps)
+    while epoch <= tc.epochs and not done:
+        sampler.set_epoch(epoch)
+        sampler.skip = pos * tc.batch_size  # mid-epoch resume: skip what was already seen
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        loader_gen.manual_seed(tc.seed * 100_003 + epoch)  # worker seeds: a function of epoch
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, correct, samples, skipped clips
+        bar = tqdm(total=steps_per_epoch, initial=pos, desc=f"epoch {epoch}/{tc.epochs}",
+                   disable=not (progress and main), file=sys.stderr, dynamic_ncols=True)
+        t_epoch, seen = time.time(), 0
+        for batch in loader:
+            pos += 1
+            bar.update(1)
+            sums[3] += int(batch.get("skipped", 0)) if batch else 0
+            n = len(batch["index"]) if batch and "index" in batch else 0
+            if world > 1:  # every rank must take the step together (or skip it together)
+                n_min = torch.tensor([n], device=device)
+                dist.all_reduce(n_min, op=dist.ReduceOp.MIN)
+                n = n if n_min.item() > 0 else 0
+            if n == 0:
+                continue
+            inputs = model_inputs(batch, net.modalities, device)
+            labels = {h: y.to(device, non_blocking=True) for h, y in batch["labels"].items()}
+            if two_views:  # both views in ONE forward, then split the output
+                second = model_inputs(batch, net.modalities, device, suffix="2")
+                inputs = {k: torch.cat([inputs[k], second[k]]) for k in inputs}
+            with torch.autocast(**amp):
+                out = model(**inputs)
+                out, out2 = split_output(out, n) if two_views else (out, None)
+                losses = compute_losses(out, labels, cfg=cfg.loss, epoch=epoch, out2=out2)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            losses = {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
+            if tc.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += n
+            first = next(iter(labels))
+            correct = (out.head_logits[first].argmax(-1) == labels[first]).sum().item()
+            sums[0] += losses["total"].item() * n
+            sums[1] += correct
+            sums[2] += n
+            rate = seen * world / max(1e-9, time.time() - t_epoch)
+            bar.set_postfix(loss=f"{losses['total'].item():.3f}", acc=f"{sums[1] / sums[2]:.2f}",
+                            sps=f"{rate:.1f}")
+            if tc.log_every and step % tc.log_every == 0:
+                write({"type": "step", "step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                       **{k: float(v) for k, v in losses.items()}, "acc": correct / n,
+                       "samples_per_s": rate})
+            if tc.max_steps and step >= tc.max_steps:
+                done = True
+            epoch_end = pos >= steps_per_epoch
+            if (done or (tc.save_every_steps and step % tc.save_every_steps == 0)) \
+                    and not epoch_end:
+                save({"train_loss": losses["total"].item()}, is_best=False)
+            if done:
+                break
+        bar.close()
+        loss_sum, correct, count, skipped = _all_sum(sums, world, device)
+        train_stats = {"train_loss": loss_sum / max(1, count), "train_top1": correct / max(1, count),
+                       "skipped": int(skipped)}
+        if pos < steps_per_epoch:  # stopped by max_steps in the middle of the epoch
+            break
+        evaluate_now = val_set is not None and (
+            (tc.eval_every and epoch % tc.eval_every == 0) or epoch == tc.epochs or done)
+        if evaluate_now:  # every rank evaluates its share; all get the same report
+            val_report = run_eval(net, val_set, classes, batch_size=tc.batch_size, device=device,
+                                  amp=tc.amp, num_workers=cfg.data.num_workers, progress=progress,
+                                  desc=f"val {epoch}")
+        is_best = False
+        if val_report and evaluate_now:
+            top1 = headline_top1(val_report)
+            is_best, best = top1 > best, max(best, top1)
+        summary = {**train_stats, **({"val_top1": val_report.get("top1"),
+                                      "val_top5": val_report.get("top5"),
+                                      "val_skipped": val_report.get("skipped")}
+                                     if evaluate_now else {})}
+        write({"type": "epoch", "step": step, "epoch": epoch, "seconds": time.time() - t_epoch,
+               **{k: v for k, v in summary.items() if v is not None}})
+        if main and progress:
+            print(f"epoch {epoch}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else
+                                                f"{k}={v}" for k, v in summary.items()),
+                  file=sys.stderr)
+        epoch, pos = epoch + 1, 0
+        save(summary, is_best=is_best)
+        if world > 1:
+            dist.barrier()  # rank 0 saved; nobody runs ahead of a checkpoint being written
+
+    if log:
+        log.close()
+    if tb:
+        tb.close()
+    best_link = run_dir / "best"
+    return {"run_dir": str(run_dir), "last": str(run_dir / "last"),
+            "best": str(best_link) if best_link.exists() else None, "step": step,
+            "epoch": min(epoch, tc.epochs), **train_stats,
+            **({"val_" + k: val_report[k] for k in ("top1", "top5", "clips", "skipped")
+                if k in val_report}),
+            "best_top1": best if best >= 0 else None, "seconds": round(time.time() - t0, 1),
+            "world_size": world, "device": str(device), "weights_sha256": _weights_hash(net)}
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    """sha256 of all weights: under DDP every rank must end with the same one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,170 @@
+"""Evaluation: accuracy of a model on a dataset (multi-view ensembling, verb/noun/action), and
+`mmt eval` on a checkpoint directory. Shared by the training loop (validation) and the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from . import checkpoint as ckpt
+from .errors import ConfigError, UserError
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got '{name}'")
+    return torch.device("cpu")
+
+
+def model_inputs(batch: dict, modalities: str, device: torch.device, suffix: str = "") -> dict:
+    """The keyword inputs the model takes: video and/or audio, moved to the device."""
+    keys = {"av": ("video", "audio"), "a": ("audio",), "v": ("video",)}.get(modalities)
+    if keys is None:
+        raise ValueError(f"cannot feed a model with modalities '{modalities}' from AV batches")
+    return {k: batch[k + suffix].to(device, non_blocking=True) for k in keys}
+
+
+def flatten_views(inputs: dict) -> tuple[dict, int]:
+    """(B, V, ...) multi-view test inputs → (B·V, ...); returns the inputs and V."""
+    nd = {"video": 4, "audio": 3}  # dims of one view: (3,T,S,S) / (1,F,N)
+    views = 1
+    out = {}
+    for k, x in inputs.items():
+        if x.dim() == nd[k] + 2:  # (B, V, ...)
+            views = x.shape[1]
+            x = x.flatten(0, 1)  # (B·V, ...)
+        out[k] = x
+    return out, views
+
+
+@torch.inference_mode()
+def run_eval(model, dataset, classes: dict[str, list[str]], *, batch_size: int,
+             device: torch.device, amp: bool = True, num_workers: int = 0,
+             progress: bool = False, desc: str = "eval") -> dict:
+    """Top-1/top-5 (+ verb/noun/action), per-class accuracy, confusion matrix, with the softmax
+    averaged over the dataset's views; broken clips are counted, not fatal."""
+    from tqdm.auto import tqdm
+
+    from .data.dataset import collate_skip_broken
+    from .metrics import accuracy_report, ensemble_views
+
+    net = getattr(model, "module", model)
+    was_training = net.training
+    net.eval()
+    # Under torchrun every rank evaluates every world-th clip; the results are gathered below.
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    if world > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world))
+    # Its own generator: creating worker seeds must not consume the training RNG.
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skip_broken, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(0))
+    probs = {h: [] for h in classes}
+    labels = {h: [] for h in classes}
+    skipped, views, skipped_paths = 0, 1, []
+    for batch in tqdm(loader, desc=desc, disable=not progress or rank > 0, leave=False,
+                      file=sys.stderr):
+        skipped += int(batch.get("skipped", 0)) if batch else 0
+        skipped_paths += list(batch.get("skipped_paths", [])) if batch else []
+        if not batch or not batch.get("labels"):
+            continue
+        inputs, views = flatten_views(model_inputs(batch, net.modalities, device))
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=amp and device.type == "cuda"):
+            out = net(**inputs)
+        for head in classes:
+            logits = out.head_logits[head].float()  # (B·V, C)
+            probs[head].append(ensemble_views(logits.reshape(-1, views, logits.shape[-1])).cpu())
+            labels[head].append(batch["labels"][head].cpu())
+    net.train(was_training)
+    probs = {h: torch.cat(p) if p else None for h, p in probs.items()}
+    labels = {h: torch.cat(y) if y else None for h, y in labels.items()}
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (probs, labels, skipped, skipped_paths))
+        probs = {h: _cat([q[0][h] for q in parts]) for h in classes}
+        labels = {h: _cat([q[1][h] for q in parts]) for h in classes}
+        skipped = sum(q[2] for q in parts)
+        skipped_paths = [x for q in parts for x in q[3]]
+    if probs[next(iter(classes))] is None:
+        raise UserError(f"no clip could be evaluated ({skipped} broken or unreadable)")
+    report = accuracy_report(probs, labels, classes)
+    report.update(clips=int(len(labels[next(iter(classes))])), skipped=skipped,
+                  skipped_paths=[str(p) for p in skipped_paths], views=views)
+    return report
+
+
+def _cat(parts: list):
+    parts = [p for p in parts if p is not None]
+    return torch.cat(parts) if parts else None
+
+
+def _remap_labels(records, from_classes: dict, to_classes: dict):
+    """Re-index the labels of a manifest's records to a checkpoint's class order (by name)."""
+    index = {h: {name: i for i, name in enumerate(names)} for h, names in to_classes.items()}
+    unknown = set()
+    out = []
+    for r in records:
+        labels = {}
+        for h, i in r.labels.items():
+            name = from_classes[h][i]
+            if h not in index or name not in index[h]:
+                unknown.add(f"{h}:{name}")
+                continue
+            labels[h] = index[h][name]
+        out.append(dataclasses.replace(r, labels=labels))
+    if unknown:
+        raise UserError(f"the manifest has classes this checkpoint does not know: "
+                        f"{', '.join(sorted(unknown)[:5])}")
+    return out
+
+
+def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = None,
+                        pointing: bool = False, batch_size: int = 8, progress: bool = True) -> dict:
+    """`mmt eval`: accuracy of a checkpoint on a manifest split, optionally the pointing game."""
+    from .data.dataset import AVDataset
+    from .data.manifests import read_manifest
+
+    device = resolve_device("auto", 0)
+    model, meta = ckpt.load_checkpoint(dir, device)
+    data_cfg = ckpt.data_config_from_meta(meta, manifest=str(manifest))
+    man = read_manifest(manifest, split=split or None)
+    records = [r for r in man.records if not split or r.split == split]
+    if not records:
+        raise UserError(f"no clips of split '{split}' in {manifest}")
+    records = _remap_labels(records, man.classes, meta["classes"])
+    views = views or meta["preprocessing"].get("test_views") or 1
+    if views < 1:
+        raise UserError(f"--views must be >= 1, got {views}")
+    dataset = AVDataset(records, meta["classes"], data_cfg, train=False, num_views=views,
+                        modalities=model.modalities)
+    report = run_eval(model, dataset, meta["classes"], batch_size=batch_size, device=device,
+                      num_workers=min(2, os.cpu_count() or 1), progress=progress)
+    report = {"checkpoint": str(dir), "model": meta["model"], "manifest": str(manifest),
+              "split": split, **report}
+    if pointing:
+        if "v" not in model.modalities:
+            raise UserError(f"the pointing game needs a video model; '{meta['model']}' is "
+                            f"{model.modalities}")
+        try:
+            from workbench.gradcam import pointing_game
+        except ImportError as e:
+            raise UserError(f"the pointing game needs workbench.gradcam ({e})") from None
+        res = pointing_game(model, meta, records, views=1, progress=progress)
+        report.update({k if k.startswith("pointing") else f"pointing_{k}": v
+                       for k, v in res.items()})
+    return report
+
+
