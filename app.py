@@ -1,0 +1,41 @@
+"""MMT Workbench: `python app.py` serves the Gradio page on http://127.0.0.1:7860.
+
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address; MMT_CHECKPOINTS, MMT_CACHE_DIR,
+MMT_APP_MAX_SECONDS and MMT_APP_MAX_MB the demo models, cache and upload limits;
+MMT_APP_WARMUP the projections fitted at start (default "umap"; "none" for none);
+MMT_APP_THREADS torch's CPU threads (default 1; 0 = torch's default).
+Importing this file only builds the page; models load in a warm-up thread at launch.
+"""
+import os
+import threading
+
+from workbench.ui import build_demo
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    from workbench.service import get_workbench
+
+    import torch
+
+    # One thread by default: on this project's 2-core CPU, upload -> all results took 2.5 s with
+    # 1 thread and 9-25 s with 2 while other processes ran (OpenMP threads waiting on each other).
+    threads = int(os.environ.get("MMT_APP_THREADS", "1"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    wb = get_workbench()
+
+    def warmup():
+        methods = os.environ.get("MMT_APP_WARMUP", "umap").split(",")
+        try:
+            wb.warmup(methods=[m for m in methods if m and m != "none"])
+        except Exception as e:  # e.g. missing checkpoints: the page shows it on each request
+            print(f"warm-up failed: {e}")
+
+    # Warm up in the background: the page is served at once, the first request waits for it.
+    threading.Thread(target=warmup, daemon=True, name="warmup").start()
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                max_file_size=f"{wb.max_mb:g}mb", allowed_paths=[str(wb.cache_dir)],
+                show_error=True)

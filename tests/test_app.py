@@ -1,0 +1,114 @@
+"""The launched app through gradio_client: predict / explain / embed / ablations, bad uploads."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gradio_client")
+
+from conftest import make_media  # noqa: E402
+from wb_helpers import AppServer, demo_checkpoints  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    env = {"MMT_CHECKPOINTS": str(demo_checkpoints(tmp / "ckpt")),
+           "MMT_CACHE_DIR": str(tmp / "cache"), "MMT_APP_THREADS": "1",
+           "MMT_APP_REF_CLIPS": "2",  # a 12-clip reference set keeps the first launch short
+           "MMT_APP_WARMUP": "pca",  # UMAP's JIT is covered by test_embeddings
+           "MMT_APP_MAX_SECONDS": "6", "MMT_APP_MAX_MB": "1"}
+    server = AppServer(env, tmp / "app.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from mmt_core.data.synthetic import make_clip
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("clip") / "star_drum.mp4"
+    make_clip(path, 4, np.random.default_rng(5))
+    return path
+
+
+def test_predict_explain_embed(client, clip):
+    from gradio_client import handle_file
+
+    mmt, audio, video, frames, spec, notes = client.predict(handle_file(str(clip)),
+                                                            api_name="/predict")
+    for label in (mmt, audio, video):
+        conf = label["confidences"]
+        assert len(conf) == 5 and label["label"] == conf[0]["label"]
+        assert all(0.0 <= c["confidence"] <= 1.0 for c in conf)
+        assert sum(c["confidence"] for c in conf) <= 1.0 + 1e-4
+    assert len(frames) == 8 and spec is not None and notes == ""
+
+    cam_mmt, cam_video, audio_plot, md = client.predict(handle_file(str(clip)), "star_drum",
+                                                        api_name="/explain")
+    assert len(cam_mmt) == 8 and len(cam_video) == 8 and audio_plot is not None
+    assert "star_drum" in md
+
+    p1, p2, p3, scores, md = client.predict(handle_file(str(clip)), "pca", "mmt",
+                                            api_name="/embed")
+    assert all(p is not None for p in (p1, p2, p3))
+    rows = scores["data"]
+    assert [r[:2] for r in rows] == [["mat_tiny", "audio"], ["mvit_tiny_video", "video"],
+                                     ["mmt_tiny", "audio"], ["mmt_tiny", "video"],
+                                     ["mmt_tiny", "fused"]]
+    assert all(0.0 <= r[3] <= 1.0 for r in rows)
+    assert "12 built-in test clips" in md
+
+
+def test_ablations_tab(client):
+    table, plot, md = client.predict(api_name="/ablations")
+    assert "03_ablations" in md or "rows from" in md
+
+
+def test_bad_uploads_then_still_serving(client, clip, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(AppError, match="not a readable media file"):
+        client.predict(handle_file(str(text)), api_name="/predict")
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(clip.read_bytes()[:3000])  # a truncated mp4
+    with pytest.raises(AppError):
+        client.predict(handle_file(str(broken)), api_name="/predict")
+
+    long = make_media(tmp_path / "long.mp4", seconds=8.0)
+    with pytest.raises(AppError, match="accepts clips up to 6 s"):
+        client.predict(handle_file(str(long)), api_name="/predict")
+
+    big = tmp_path / "big.mp4"
+    big.write_bytes(clip.read_bytes() + bytes(1_200_000))
+    with pytest.raises(Exception, match="(?i)too large|1 MB|exceed"):
+        client.predict(handle_file(str(big)), api_name="/predict")
+
+    audio_only = make_media(tmp_path / "tone.m4a", video=False, seconds=2.0)
+    with pytest.raises(AppError, match="no video stream"):
+        client.predict(handle_file(str(audio_only)), api_name="/predict")
+
+    silent = make_media(tmp_path / "silent.mp4", audio=False, seconds=3.0, size=(96, 72))
+    mmt, audio, video, frames, spec, notes = client.predict(handle_file(str(silent)),
+                                                            api_name="/predict")
+    assert "no audio track" in notes and mmt["confidences"] and not audio
+
+    # ... and the app still answers a good clip afterwards.
+    mmt, *_ = client.predict(handle_file(str(clip)), api_name="/predict")
+    assert len(mmt["confidences"]) == 5

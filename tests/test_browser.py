@@ -1,0 +1,69 @@
+"""Headless chromium uploads a clip to the launched app, waits for the predictions, the CAMs and
+the embedding plots, and saves a screenshot to artifacts/workbench.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wb_helpers import ROOT, AppServer, demo_checkpoints
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    env = {"MMT_CHECKPOINTS": str(demo_checkpoints(tmp / "ckpt")),
+           "MMT_CACHE_DIR": str(tmp / "cache"), "MMT_APP_THREADS": "1",
+           "MMT_APP_REF_CLIPS": "3", "MMT_APP_WARMUP": "umap"}
+    server = AppServer(env, tmp / "app.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_upload_shows_predictions_cams_and_embeddings(app, tmp_path):
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    from mmt_core.data.synthetic import make_clip
+
+    clip = tmp_path / "box_whistle.mp4"
+    make_clip(clip, 3, np.random.default_rng(11))
+    shot = ROOT / "artifacts" / "workbench.png"
+    shot.parent.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app.url)
+            page.locator("#clip input[type=file]").set_input_files(str(clip))
+            # Predict tab: three top-5 label lists with the built-in class names.
+            for role in ("mmt", "audio", "video"):
+                expect(page.locator(f"#pred-{role}")).to_contain_text("_", timeout=180_000)
+            expect(page.locator("#frames img").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#spectrogram .js-plotly-plot").first).to_be_attached(timeout=60_000)
+            page.screenshot(path=str(shot.with_name("workbench_predict.png")), full_page=True)
+            # Explain tab: CAM galleries filled by the chained explain call.
+            page.get_by_role("tab", name="Explain").click()
+            expect(page.locator("#cam-mmt img").first).to_be_visible(timeout=180_000)
+            expect(page.locator("#cam-video img").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#cam-audio .js-plotly-plot").first).to_be_attached(timeout=60_000)
+            page.screenshot(path=str(shot.with_name("workbench_explain.png")), full_page=True)
+            # Embeddings tab: three plotly scatters with the uploaded clip's star.
+            page.get_by_role("tab", name="Embeddings").click()
+            for i in range(3):
+                expect(page.locator(f"#emb-{i} .js-plotly-plot")).to_be_attached(timeout=240_000)
+            expect(page.locator("#emb-2")).to_contain_text("box_whistle.mp4", timeout=60_000)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.is_file() and shot.stat().st_size > 20_000

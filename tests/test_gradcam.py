@@ -1,0 +1,118 @@
+"""Grad-CAM wrappers on real (randomly initialised) demo models and built-in clips."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytorch_grad_cam")
+
+from wb_helpers import make_checkpoint  # noqa: E402
+
+from workbench import gradcam  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the suite shares 2 cores, and 2 threads each oversubscribe them."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    return {n: make_checkpoint(out, n) for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny")}
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpts):
+    from mmt_core.checkpoint import load_checkpoint
+
+    return {n: load_checkpoint(d) for n, d in ckpts.items()}
+
+
+@pytest.fixture(scope="module")
+def prepared(loaded, synth_dir):
+    from mmt_core.inference import prepare_clip
+
+    clip = next((synth_dir / "test").glob("*.mp4"))
+    return {n: prepare_clip(clip, meta) for n, (_, meta) in loaded.items()}
+
+
+def test_video_cam_shape_range_at_frame_resolution(loaded, prepared):
+    model, meta = loaded["mmt_tiny"]
+    prep = prepared["mmt_tiny"]
+    frames = prep["clip"].frames
+    cam = gradcam.video_cam(model, prep["inputs"], target=0, frame_size=frames.shape[1:3])
+    assert cam.shape == frames.shape[:3]  # (T, H, W) of the decoded frames
+    assert cam.dtype == np.float32 and cam.min() >= 0.0 and cam.max() <= 1.0
+    assert cam.max() > 0.5 and cam.std() > 0  # a normalised, non-constant map
+    crop = gradcam.video_cam(model, prep["inputs"], target=0)
+    size = meta["preprocessing"]["image_size"]
+    assert crop.shape == (meta["preprocessing"]["num_frames"], size, size)
+
+
+def test_audio_cam_shape_range(loaded, prepared):
+    model, meta = loaded["mmt_tiny"]
+    cam = gradcam.audio_cam(model, prepared["mmt_tiny"]["inputs"], target=1)
+    pre = meta["preprocessing"]
+    assert cam.shape == (pre["num_mel_bins"], pre["audio_frames"])
+    assert cam.min() >= 0.0 and cam.max() <= 1.0 and cam.std() > 0
+
+
+def test_cam_changes_with_target_class(loaded, prepared):
+    model, _ = loaded["mmt_tiny"]
+    inputs = prepared["mmt_tiny"]["inputs"]
+    a = gradcam.video_cam(model, inputs, target=0)
+    b = gradcam.video_cam(model, inputs, target=3)
+    assert np.abs(a - b).max() > 1e-3
+    assert np.allclose(a, gradcam.video_cam(model, inputs, target=0), atol=1e-5)  # deterministic
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+
+
+def test_unimodal_models_and_errors(loaded, prepared):
+    video, _ = loaded["mvit_tiny_video"]
+    cam = gradcam.video_cam(video, prepared["mvit_tiny_video"]["inputs"])  # predicted class
+    assert cam.ndim == 3 and 0.0 <= cam.min() and cam.max() <= 1.0
+    audio, _ = loaded["mat_tiny"]
+    assert gradcam.audio_cam(audio, prepared["mat_tiny"]["inputs"]).ndim == 2
+    with pytest.raises(ValueError, match="no video encoder"):
+        gradcam.video_cam(audio, prepared["mat_tiny"]["inputs"])
+
+
+def test_overlay_frames(loaded, prepared):
+    model, _ = loaded["mmt_tiny"]
+    prep = prepared["mmt_tiny"]
+    frames = prep["clip"].frames
+    cam = gradcam.video_cam(model, prep["inputs"], frame_size=frames.shape[1:3])
+    out = gradcam.overlay_frames(frames, cam)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - frames.astype(int)).mean() > 5  # the heat map is visible
+    with pytest.raises(ValueError):
+        gradcam.overlay_frames(frames[..., 0], cam)
+
+
+def test_pointing_game_on_builtin_clips(loaded, synth_dir):
+    from mmt_core.data.manifests import read_manifest
+
+    model, meta = loaded["mvit_tiny_video"]
+    records = read_manifest(synth_dir / "manifest.csv", split="test").records[:3]
+    res = gradcam.pointing_game(model, meta, records, progress=False)
+    t = meta["preprocessing"]["num_frames"]
+    assert res["clips"] == 3 and res["frames"] == 3 * t
+    assert 0 <= res["hits"] <= res["frames"]
+    assert 0.0 <= res["pointing"] <= 1.0 and res["pointing"] == res["hits"] / res["frames"]
+    two = gradcam.pointing_game(model, meta, records[:1], views=2, progress=False)
+    assert two["frames"] == 2 * t
+
+
+def test_pointing_game_through_mmt_eval(ckpts, synth_dir):
+    from mmt_core.evaluation import evaluate_checkpoint
+
+    rep = evaluate_checkpoint(ckpts["mmt_tiny"], synth_dir / "manifest.csv", split="test",
+                              pointing=True, batch_size=4, progress=False)
+    assert 0.0 <= rep["pointing"] <= 1.0 and rep["pointing_clips"] == 6

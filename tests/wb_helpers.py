@@ -1,0 +1,89 @@
+"""Helpers of the workbench tests: throwaway checkpoints and a launched app on a free port."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = {"mmt_tiny": "configs/synthetic_mmt_tiny.yaml", "mat_tiny": "configs/synthetic_mat_tiny.yaml",
+        "mvit_tiny_video": "configs/synthetic_video_tiny.yaml"}
+
+
+def make_checkpoint(out: Path, name: str, seed: int = 0) -> Path:
+    """A randomly initialised demo model saved as a checkpoint with the demo recipe's meta."""
+    import torch
+
+    from mmt_core.checkpoint import make_meta, save_checkpoint
+    from mmt_core.config import load_config
+    from mmt_core.data.synthetic import CLASSES
+    from mmt_core.engine import build_model
+
+    cfg = load_config(ROOT / DEMO[name])
+    classes = {"label": [c.name for c in CLASSES]}
+    torch.manual_seed(seed)
+    model = build_model(cfg, classes)
+    save_checkpoint(out / name, model, make_meta(cfg, model, classes))
+    return out / name
+
+
+def demo_checkpoints(tmp: Path) -> Path:
+    """The shipped checkpoints/ when all three exist, else random ones written under tmp."""
+    shipped = ROOT / "checkpoints"
+    if all((shipped / n / "model.safetensors").is_file() for n in DEMO):
+        return shipped
+    for n in DEMO:
+        make_checkpoint(tmp, n)
+    return tmp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` in a subprocess on 127.0.0.1:PORT; stop() ends it (and only it)."""
+
+    def __init__(self, env: dict, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = open(log, "w")
+        full = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
+                "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
+                "PYTHONUNBUFFERED": "1", **env}
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 180.0) -> None:
+        """Until the page answers (the warm-up thread may still run)."""
+        import urllib.request
+
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.output()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"app not up after {timeout}s: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
