@@ -20,7 +20,7 @@ demo: install
 	$(PY) app.py
 
 test: install
-	$(PY) -m pytest -q tests --nbmake notebooks
+	OMP_WAIT_POLICY=PASSIVE MMT_SMOKE=1 $(PY) -m pytest -q tests --nbmake notebooks
 
 test-fast: install
 	$(PY) -m pytest -q -x tests -m "not slow and not browser"
