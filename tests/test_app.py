@@ -6,25 +6,17 @@ import pytest
 pytest.importorskip("gradio_client")
 
 from conftest import make_media  # noqa: E402
-from wb_helpers import AppServer, demo_checkpoints  # noqa: E402
+from wb_helpers import serve_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app")
-    env = {"MMT_CHECKPOINTS": str(demo_checkpoints(tmp / "ckpt")),
-           "MMT_CACHE_DIR": str(tmp / "cache"), "MMT_APP_THREADS": "1",
-           "MMT_APP_REF_CLIPS": "2",  # a 12-clip reference set keeps the first launch short
-           "MMT_APP_WARMUP": "pca",  # UMAP's JIT is covered by test_embeddings
-           "MMT_APP_MAX_SECONDS": "6", "MMT_APP_MAX_MB": "1"}
-    server = AppServer(env, tmp / "app.log")
-    try:
-        server.wait()
-        yield server
-    finally:
-        server.stop()
+    yield from serve_app(tmp_path_factory.mktemp("app"),
+                         MMT_APP_REF_CLIPS="2",  # a 12-clip reference set keeps the first launch short
+                         MMT_APP_WARMUP="pca",  # UMAP's JIT is covered by test_embeddings
+                         MMT_APP_MAX_SECONDS="6", MMT_APP_MAX_MB="1")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wb_helpers import ROOT, AppServer, demo_checkpoints
+from wb_helpers import ROOT, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
@@ -15,16 +15,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser")
-    env = {"MMT_CHECKPOINTS": str(demo_checkpoints(tmp / "ckpt")),
-           "MMT_CACHE_DIR": str(tmp / "cache"), "MMT_APP_THREADS": "1",
-           "MMT_APP_REF_CLIPS": "3", "MMT_APP_WARMUP": "umap"}
-    server = AppServer(env, tmp / "app.log")
-    try:
-        server.wait()
-        yield server
-    finally:
-        server.stop()
+    yield from serve_app(tmp_path_factory.mktemp("browser"), MMT_APP_REF_CLIPS="3",
+                         MMT_APP_WARMUP="umap")
 
 
 def test_upload_shows_predictions_cams_and_embeddings(app, tmp_path):

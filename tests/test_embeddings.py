@@ -4,20 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wb_helpers import make_checkpoint
+from wb_helpers import make_checkpoint, one_torch_thread
 
 from workbench import embeddings as emb
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One torch thread: the suite shares 2 cores, and 2 threads each oversubscribe them."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

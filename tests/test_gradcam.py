@@ -6,20 +6,15 @@ import pytest
 
 pytest.importorskip("pytorch_grad_cam")
 
-from wb_helpers import make_checkpoint  # noqa: E402
+from wb_helpers import make_checkpoint, one_torch_thread  # noqa: E402
 
 from workbench import gradcam  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One torch thread: the suite shares 2 cores, and 2 threads each oversubscribe them."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Helpers of the workbench tests: throwaway checkpoints and a launched app on a free port."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -87,3 +88,28 @@ class AppServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread: the suite shares 2 cores, and 2 threads each oversubscribe them."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def serve_app(tmp: Path, **env: str):
+    """Launch app.py on the demo checkpoints with MMT_* settings `env`; yield the AppServer."""
+    env = {"MMT_CHECKPOINTS": str(demo_checkpoints(tmp / "ckpt")),
+           "MMT_CACHE_DIR": str(tmp / "cache"), "MMT_APP_THREADS": "1", **env}
+    server = AppServer(env, tmp / "app.log")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
