@@ -52,9 +52,10 @@ def row_config(base_cfg: ExperimentConfig, row: str) -> ExperimentConfig:
 
 
 def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = None,
-                  progress: bool = True) -> dict:
-    """Train and evaluate each row into out_dir/ROW; write out_dir/ablations.json after each row
-    (so an interrupted sweep keeps what it finished). Returns {row: {top1, top5, ...}}."""
+                  eval_split: str = "test", pointing: bool = True, progress: bool = True) -> dict:
+    """Train each row into out_dir/ROW, evaluate its last checkpoint on `eval_split` (and, for rows
+    with a video encoder, the Grad-CAM pointing game when `pointing`); write out_dir/ablations.json
+    after each row (so an interrupted sweep keeps what it finished). Returns {row: {top1, ...}}."""
     from .engine import train
     from .evaluation import evaluate_checkpoint
 
@@ -65,15 +66,17 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
     for row in rows or list(ABLATION_ROWS):
         cfg = row_config(base_cfg, row)
         run = train(cfg, out / row, progress=progress)
-        # The last checkpoint, not the best: choosing by test accuracy would flatter every row.
-        report = evaluate_checkpoint(run["last"], cfg.data.manifest, split=cfg.data.val_split,
+        # The last checkpoint, not the best: no row is chosen by its score on the eval split.
+        report = evaluate_checkpoint(run["last"], cfg.data.manifest, split=eval_split,
                                      views=cfg.data.test_views, batch_size=cfg.train.batch_size,
+                                     pointing=pointing and "v" in cfg.model_args.get("modalities", "av"),
                                      progress=progress)
         results[row] = {"top1": report.get("top1"), "top5": report.get("top5"),
+                        "pointing": report.get("pointing"), "split": eval_split,
                         "clips": report.get("clips"), "skipped": report.get("skipped"),
                         "steps": run["step"], "epochs": run["epoch"],
                         "train_seconds": run["seconds"], "overrides": ABLATION_ROWS[row],
-                        "model": cfg.model}
+                        "model": cfg.model, "init": cfg.train.init}
         tmp = results_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, results_path)

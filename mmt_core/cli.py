@@ -73,7 +73,8 @@ def cmd_eval(a) -> dict:
     from .engine import evaluate_checkpoint
 
     return evaluate_checkpoint(a.checkpoint, manifest=a.manifest, split=a.split, views=a.views,
-                               pointing=a.pointing, batch_size=a.batch_size, progress=not a.json)
+                               pointing=a.pointing, cam_block=a.cam_block,
+                               batch_size=a.batch_size, progress=not a.json)
 
 
 def cmd_predict(a) -> dict:
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="test")
     sp.add_argument("--views", type=int, default=None, help="temporal views per clip (paper: 5)")
     sp.add_argument("--pointing", action="store_true", help="Grad-CAM pointing game (built-in data)")
+    sp.add_argument("--cam-block", type=int, default=-2,
+                    help="video block whose Grad-CAM the pointing game scores (default -2: the "
+                         "block before the last; 0: the finest, stage-1 map)")
     sp.add_argument("--batch-size", type=int, default=8)
 
     sp = add("predict", cmd_predict, "predict the classes of one clip")

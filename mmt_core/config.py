@@ -77,7 +77,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (0 = only at the end)
     save_every_steps: int = 0  # also checkpoint every N steps (0 = each epoch end only)
     keep_last: int = 2  # step checkpoints kept besides the best/last
-    init: str = ""  # optional weights to start from (checkpoint dir or foreign .pth/.safetensors)
+    init: str = ""  # weights to start from: checkpoint dir(s), comma-separated, or a foreign file
     init_source: str = ""  # torchvision | timm | slowfast | "" (our own checkpoint)
 
 

@@ -152,12 +152,19 @@ def _init_weights(model, cfg: ExperimentConfig) -> None:
         from .models.convert import load_foreign_weights
 
         load_foreign_weights(model, cfg.train.init, cfg.train.init_source)
-    else:
-        src, _ = ckpt.load_checkpoint(cfg.train.init)
-        own = model.state_dict()
+        return
+    # Own checkpoints, comma-separated and applied in order: e.g. a video-only and an audio-only
+    # model initialise the two encoders of an MMT (their `video.*` / `audio.*` names match).
+    own = model.state_dict()
+    loaded = 0
+    for path in (p.strip() for p in cfg.train.init.split(",") if p.strip()):
+        src, _ = ckpt.load_checkpoint(path)
         state = {k: v for k, v in src.state_dict().items()
                  if k in own and own[k].shape == v.shape}  # heads of other datasets are skipped
         model.load_state_dict(state, strict=False)
+        loaded += len(state)
+    if not loaded:
+        raise ConfigError(f"train.init={cfg.train.init!r}: no tensor matches '{cfg.model}'")
 
 
 def _prune(run_dir: Path, keep: int) -> None:

@@ -132,7 +132,8 @@ def _remap_labels(records, from_classes: dict, to_classes: dict):
 
 
 def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = None,
-                        pointing: bool = False, batch_size: int = 8, progress: bool = True) -> dict:
+                        pointing: bool = False, cam_block: int = -2, batch_size: int = 8,
+                        progress: bool = True) -> dict:
     """`mmt eval`: accuracy of a checkpoint on a manifest split, optionally the pointing game."""
     from .data.dataset import AVDataset
     from .data.manifests import read_manifest
@@ -162,7 +163,10 @@ def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = 
             from workbench.gradcam import pointing_game
         except ImportError as e:
             raise UserError(f"the pointing game needs workbench.gradcam ({e})") from None
-        res = pointing_game(model, meta, records, views=1, progress=progress)
+        try:
+            res = pointing_game(model, meta, records, views=1, block=cam_block, progress=progress)
+        except ValueError as e:  # a --cam-block outside the encoder
+            raise UserError(str(e)) from None
         report.update({k if k.startswith("pointing") else f"pointing_{k}": v
                        for k, v in res.items()})
     return report

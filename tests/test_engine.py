@@ -130,5 +130,29 @@ def test_run_ablations_trains_evaluates_and_writes_json(synth_dir, tmp_path):
     saved = json.loads((tmp_path / "ablations.json").read_text())
     assert saved == res and set(res) == {"avg"}
     assert res["avg"]["clips"] == 6 and 0 <= res["avg"]["top1"] <= 1 and res["avg"]["steps"] == 1
+    assert res["avg"]["split"] == "test" and 0 <= res["avg"]["pointing"] <= 1
     _, meta = ckpt.load_checkpoint(tmp_path / "avg" / "last")
     assert meta["model_args"]["fusion"] == "avg" and not meta["config"]["loss"]["avc"]
+
+
+def test_init_from_a_video_and_an_audio_checkpoint_fills_both_encoders(synth_dir, tmp_path):
+    from mmt_core.engine import _init_weights, build_model
+
+    man = synth_dir / "manifest.csv"
+    uni = {}
+    for name in ("mvit_tiny_video", "mat_tiny"):
+        res = train(tiny_cfg(man, f"model={name}", "train.max_steps=1"), tmp_path / name,
+                    progress=False)
+        uni[name] = ckpt.load_checkpoint(res["last"])[0].state_dict()
+    cfg = tiny_cfg(man, f"train.init={tmp_path / 'mvit_tiny_video' / 'last'},"
+                        f"{tmp_path / 'mat_tiny' / 'last'}")
+    model = build_model(cfg, {"label": [str(i) for i in range(6)]})
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    _init_weights(model, cfg)
+    state = model.state_dict()
+    for prefix, src in (("video.", uni["mvit_tiny_video"]), ("audio.", uni["mat_tiny"])):
+        keys = [k for k in state if k.startswith(prefix)]
+        assert keys and all(torch.equal(state[k], src[k]) for k in keys)
+    # the fused head (on [E_CLS^V, E_CLS^A]) and the fusion tokens have no unimodal source
+    assert torch.equal(state["heads.label.weight"], fresh["heads.label.weight"])
+    assert torch.equal(state["bottleneck.tokens"], fresh["bottleneck.tokens"])

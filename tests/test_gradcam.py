@@ -103,6 +103,8 @@ def test_pointing_game_on_builtin_clips(loaded, synth_dir):
     assert 0.0 <= res["pointing"] <= 1.0 and res["pointing"] == res["hits"] / res["frames"]
     two = gradcam.pointing_game(model, meta, records[:1], views=2, progress=False)
     assert two["frames"] == 2 * t
+    fine = gradcam.pointing_game(model, meta, records, block=0, progress=False)
+    assert fine["frames"] == 3 * t and 0.0 <= fine["pointing"] <= 1.0
 
 
 def test_pointing_game_through_mmt_eval(ckpts, synth_dir):
@@ -111,3 +113,8 @@ def test_pointing_game_through_mmt_eval(ckpts, synth_dir):
     rep = evaluate_checkpoint(ckpts["mmt_tiny"], synth_dir / "manifest.csv", split="test",
                               pointing=True, batch_size=4, progress=False)
     assert 0.0 <= rep["pointing"] <= 1.0 and rep["pointing_clips"] == 6
+    from mmt_core.errors import UserError
+
+    with pytest.raises(UserError, match="outside"):
+        evaluate_checkpoint(ckpts["mmt_tiny"], synth_dir / "manifest.csv", split="test",
+                            pointing=True, cam_block=7, batch_size=4, progress=False)

@@ -120,6 +120,21 @@ def test_cam_target_gives_grid_maps_inside_hooks(modality, grid):
         create_model("mat_tiny").cam_target("video")
 
 
+def test_cam_target_block_zero_is_the_finer_stage_one_grid():
+    torch.manual_seed(0)
+    model = create_model("mmt_tiny").eval()
+    layer, reshape = model.cam_target("video", block=0)
+    assert layer is model.video.blocks[0]
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, i, o: seen.update(map=reshape(o)))
+    with torch.no_grad():
+        model(**_inputs(model))
+    handle.remove()
+    assert seen["map"].shape[2:] == (4, 24, 24)  # stage 1: 8 frames / 2, 96 px / 4
+    with pytest.raises(ValueError, match="outside"):
+        model.cam_target("video", block=5)
+
+
 def test_mat_b_budget_52m_params_46gmacs():
     info = model_info("mat_b")
     assert info["inputs"] == {"audio": [1, 1, 128, 1024]}

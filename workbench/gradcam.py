@@ -2,7 +2,8 @@
 
 pytorch-grad-cam wants a model with ONE input tensor, so each modality gets a small wrapper
 (`VideoOnly`, `AudioOnly`) that holds the other input fixed. The target layer and the
-token → grid reshape come from `model.cam_target(modality)` (the block before the last):
+token → grid reshape come from `model.cam_target(modality, block)` (default: the block before the
+last, pytorch-grad-cam's choice for Transformers; `block=0` gives the finer stage-1 map):
 video tokens become (B, C, T, H, W), audio tokens (B, C, F, N). pytorch-grad-cam handles 5-D
 activations natively (GradCAM averages the gradients over T, H, W and `scale_cam_image` zooms
 the (T', H', W') map back to the input's (T, S, S)), so nothing is folded or re-implemented.
@@ -59,7 +60,7 @@ def _first_view(x: torch.Tensor, dims: int) -> torch.Tensor:
 
 
 def _cam(model: nn.Module, inputs: dict, modality: str, target: int | None,
-         head: str | None) -> np.ndarray:
+         head: str | None, block: int = -2) -> np.ndarray:
     mods = getattr(model, "modalities", "")
     name = {"v": "video", "a": "audio"}[modality]
     if modality not in mods:
@@ -74,7 +75,7 @@ def _cam(model: nn.Module, inputs: dict, modality: str, target: int | None,
             raise ValueError(f"an '{mods}' model needs inputs['{other}'] to hold it fixed")
         fixed[other] = _first_view(inputs[other], 4 if other == "audio" else 5).detach()
     wrapper = _SingleInput(model, name=name, fixed=fixed, head=head)
-    layer, reshape = model.cam_target(name)  # "video" | "audio"
+    layer, reshape = model.cam_target(name, block)  # "video" | "audio"
     was_training = model.training
     targets = None if target is None else [ClassifierOutputTarget(int(target))]
     # Only the target layer's parameters require grad while the CAM runs: its output still
@@ -115,23 +116,23 @@ def to_frame_resolution(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def video_cam(model: nn.Module, inputs: dict, target: int | None = None, head: str | None = None,
-              *, frame_size: tuple[int, int] | None = None) -> np.ndarray:
+              *, frame_size: tuple[int, int] | None = None, block: int = -2) -> np.ndarray:
     """Grad-CAM of the video encoder for class `target` (None: the predicted class).
 
     `inputs` holds the model inputs ((V,3,T,S,S) video and, for av models, (V,1,F,N) audio; the
     first view is explained). Returns (T, H, W) float32 in [0, 1]: at the decoded frames'
     resolution `frame_size=(H, W)` when given, else at the model's S×S crop.
     """
-    cam = _cam(model, inputs, "v", target, head)  # (T, S, S)
+    cam = _cam(model, inputs, "v", target, head, block)  # (T, S, S)
     if frame_size is not None:
         cam = to_frame_resolution(cam, *frame_size)
     return cam
 
 
 def audio_cam(model: nn.Module, inputs: dict, target: int | None = None,
-              head: str | None = None) -> np.ndarray:
+              head: str | None = None, *, block: int = -2) -> np.ndarray:
     """Grad-CAM of the audio encoder on the fbank: (F mel bins, N frames) float32 in [0, 1]."""
-    return _cam(model, inputs, "a", target, head)
+    return _cam(model, inputs, "a", target, head, block)
 
 
 def overlay_frames(frames: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.55) -> np.ndarray:
@@ -157,12 +158,12 @@ def _decode_view(path, meta: dict, view: int, views: int):
                         max_seconds=pre.get("max_clip_seconds", 600.0))
 
 
-def pointing_game(model: nn.Module, meta: dict, records, *, views: int = 1,
+def pointing_game(model: nn.Module, meta: dict, records, *, views: int = 1, block: int = -2,
                   progress: bool = True) -> dict:
     """Grad-CAM pointing game on built-in clips: per sampled frame, is the video CAM's peak (for
     the true class) inside the sounding object's box? Frames are scored one by one, because the
     object jumps at each sound onset (a time-averaged map would blur that). A clip also counts
-    as a hit when at least half of its frames hit.
+    as a hit when at least half of its frames hit. `block`: the video block whose CAM is scored.
 
     Returns {"pointing": hits / frames, "clips": n, "hits": frames hit, "frames": frames scored
     (clips × views × T), "clip_hits": clips hit, "clip_pointing": clip_hits / clips}.
@@ -186,7 +187,7 @@ def pointing_game(model: nn.Module, meta: dict, records, *, views: int = 1,
             # prepare_clip keeps view 0's decoded clip; other views' frame times need a decode
             clip = prep["clip"] if v == 0 else _decode_view(rec.path, meta, v, views)
             cam = video_cam(model, {k: x[v:v + 1] for k, x in inputs.items()}, target=label,
-                            head=head, frame_size=clip.frames.shape[1:3])
+                            head=head, frame_size=clip.frames.shape[1:3], block=block)
             # mmt_core.metrics.pointing_game: fraction of frames whose CAM peak is in the box
             clip_frame_hits += round(frame_pointing(cam, boxes_at(rec.path, clip.times)) * len(cam))
             clip_frames += len(cam)

@@ -129,11 +129,14 @@ def ablations():
                 "trains each Table 2 row on the built-in dataset with "
                 "`mmt_core.ablations.run_ablations` and writes `checkpoints/ablations.json`), "
                 "then press Reload.")
-    table = [[name, r.get("top1"), r.get("top5"), r.get("clips"), r.get("steps")]
-             for name, r in rows.items()]
+    pct = lambda v: None if v is None else round(100 * v, 1)  # noqa: E731
+    table = [[name, pct(r.get("top1")), pct(r.get("top5")),
+              None if r.get("pointing") is None else round(r["pointing"], 3), r.get("clips"),
+              r.get("steps")] for name, r in rows.items()]
     fig = go.Figure(go.Bar(x=[r[0] for r in table], y=[r[1] for r in table],
                            text=[f"{r[1]:.1f}" if r[1] is not None else "" for r in table]))
-    fig.update_layout(title="Top-1 accuracy per ablation row (built-in test split)", height=360,
+    split = next(iter(rows.values())).get("split", "test")
+    fig.update_layout(title=f"Top-1 accuracy per ablation row (built-in {split} split)", height=360,
                       yaxis_title="top-1 (%)", margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return table, fig, f"{len(table)} rows from `checkpoints/ablations.json`."
 
@@ -198,7 +201,8 @@ def build_demo() -> gr.Blocks:
                 embed_md = gr.Markdown()
             with gr.Tab("Ablations", id="ablations"):
                 abl_btn = gr.Button("Reload")
-                abl_table = gr.Dataframe(headers=["row", "top-1", "top-5", "clips", "steps"],
+                abl_table = gr.Dataframe(headers=["row", "top-1 (%)", "top-5 (%)", "pointing", "clips",
+                                                  "steps"],
                                          interactive=False)
                 abl_plot = gr.Plot()
                 abl_md = gr.Markdown()

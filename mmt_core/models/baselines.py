@@ -135,10 +135,10 @@ class AST(nn.Module):
         logits = {h: head(self.dropout(emb)) for h, head in self.heads.items()}
         return ModelOutput(head_logits=logits, audio_embed=emb, audio_proj=self.audio_proj(emb))
 
-    def cam_target(self, modality: str = "audio"):
+    def cam_target(self, modality: str = "audio", block: int = -2):
         if modality != "audio":
             raise ValueError(f"AST has only the audio modality, not {modality!r}")
-        return self.encoder.blocks[-2], _grid_reshape(lambda: self._grid, prefix=1)
+        return self.encoder.blocks[block], _grid_reshape(lambda: self._grid, prefix=1)
 
 
 class MBT(nn.Module):
@@ -208,11 +208,13 @@ class MBT(nn.Module):
         out.head_logits = {h: torch.stack([p[h] for p in per_mod]).mean(0) for h in per_mod[0]}
         return out
 
-    def cam_target(self, modality: str):
+    def cam_target(self, modality: str, block: int = -2):
         if modality not in ("audio", "video"):
             raise ValueError(f"MBT modalities are 'audio' and 'video', not {modality!r}")
         enc = self.audio if modality == "audio" else self.video
-        idx = len(enc.blocks) - 2
+        if not -len(enc.blocks) <= block < len(enc.blocks):
+            raise ValueError(f"block {block} is outside the {len(enc.blocks)} {modality} blocks")
+        idx = range(len(enc.blocks))[block]
         # Fusion blocks carry [cls, bottlenecks, patches]; earlier blocks only [cls, patches].
         prefix = 1 + (self.bottleneck.shape[1] if idx >= self.fusion_layer else 0)
         return enc.blocks[idx], _grid_reshape(lambda: self._grids[modality], prefix=prefix)

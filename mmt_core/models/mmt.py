@@ -121,12 +121,16 @@ class MMT(nn.Module):
             out.head_logits = {h: m(feats) for h, m in self.heads.items()}
         return out
 
-    def cam_target(self, modality: str) -> tuple[nn.Module, callable]:
-        """(the block before the last of that encoder, tokens -> (B, C, *grid) of that block)."""
+    def cam_target(self, modality: str, block: int = -2) -> tuple[nn.Module, callable]:
+        """(a block of that encoder, tokens -> (B, C, *grid) of that block's output). The default
+        is the block before the last (pytorch-grad-cam's choice for Transformers); an earlier
+        block gives a finer map (e.g. 0: the stage-1 grid)."""
         enc = {"video": self.video, "image": self.video, "audio": self.audio}.get(modality)
         if enc is None or modality not in self.input_spec:
             raise ValueError(f"this model takes {sorted(self.input_spec)}, not {modality!r}")
-        idx = len(enc.blocks) - 2
+        if not -len(enc.blocks) <= block < len(enc.blocks):
+            raise ValueError(f"block {block} is outside the {len(enc.blocks)} {modality} blocks")
+        idx = range(len(enc.blocks))[block]
 
         def reshape(tokens: Tensor) -> Tensor:
             # The encoder records each block's output grid before running it, so this also works
