@@ -41,6 +41,10 @@ ABLATION_ROWS: dict[str, dict] = {
 }
 
 
+def _row_order(row: str) -> int:
+    return list(ABLATION_ROWS).index(row) if row in ABLATION_ROWS else len(ABLATION_ROWS)
+
+
 def row_config(base_cfg: ExperimentConfig, row: str) -> ExperimentConfig:
     """The base config with one row's overrides applied."""
     if row not in ABLATION_ROWS:
@@ -77,6 +81,7 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
                         "steps": run["step"], "epochs": run["epoch"],
                         "train_seconds": run["seconds"], "overrides": ABLATION_ROWS[row],
                         "model": cfg.model, "init": cfg.train.init}
+        results = {k: results[k] for k in sorted(results, key=_row_order)}  # Table 2's order
         tmp = results_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, results_path)

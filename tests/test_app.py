@@ -64,9 +64,20 @@ def test_predict_explain_embed(client, clip):
     assert "12 built-in test clips" in md
 
 
-def test_ablations_tab(client):
+def test_ablations_tab_shows_the_shipped_table_2_rows(client):
+    import json
+
+    from wb_helpers import ROOT
+
+    shipped = json.loads((ROOT / "checkpoints" / "ablations.json").read_text())
     table, plot, md = client.predict(api_name="/ablations")
-    assert "03_ablations" in md or "rows from" in md
+    rows = table["data"]
+    assert [r[0] for r in rows] == list(shipped) and len(rows) == 7
+    for (name, top1, top5, pointing, clips, steps) in rows:
+        assert top1 == round(100 * shipped[name]["top1"], 1) and 0 <= top1 <= top5 <= 100
+        assert clips == shipped[name]["clips"] and steps == shipped[name]["steps"]
+        assert pointing is None or 0 <= pointing <= 1
+    assert plot is not None and "7 rows" in md
 
 
 def test_bad_uploads_then_still_serving(client, clip, tmp_path):
