@@ -1,7 +1,6 @@
 """Helpers of the workbench tests: throwaway checkpoints and a launched app on a free port."""
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -90,17 +89,11 @@ class AppServer:
         self.log.close()
 
 
-@contextlib.contextmanager
 def one_torch_thread():
     """One torch thread: the suite shares 2 cores, and 2 threads each oversubscribe them."""
-    import torch
+    from mmt_core.data.features import one_thread
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return one_thread()
 
 
 def serve_app(tmp: Path, **env: str):
