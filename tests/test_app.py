@@ -51,7 +51,9 @@ def test_predict_explain_embed(client, clip):
     cam_mmt, cam_video, audio_plot, md = client.predict(handle_file(str(clip)), "star_drum",
                                                         api_name="/explain")
     assert len(cam_mmt) == 8 and len(cam_video) == 8 and audio_plot is not None
-    assert "star_drum" in md
+    assert "star_drum" in md and "block before the last" in md
+    fine_mmt, _, _, md = client.predict(handle_file(str(clip)), "star_drum", 0, api_name="/explain")
+    assert len(fine_mmt) == 8 and "stage 1" in md
 
     p1, p2, p3, scores, md = client.predict(handle_file(str(clip)), "pca", "mmt",
                                             api_name="/embed")
@@ -102,6 +104,9 @@ def test_bad_uploads_then_still_serving(client, clip, tmp_path):
     big.write_bytes(clip.read_bytes() + bytes(1_200_000))
     with pytest.raises(Exception, match="(?i)too large|1 MB|exceed"):
         client.predict(handle_file(str(big)), api_name="/predict")
+
+    with pytest.raises(AppError, match="(?i)CAM layer|choices"):  # Gradio or the handler says so
+        client.predict(handle_file(str(clip)), "star_drum", 7, api_name="/explain")
 
     audio_only = make_media(tmp_path / "tone.m4a", video=False, seconds=2.0)
     with pytest.raises(AppError, match="no video stream"):

@@ -189,9 +189,10 @@ class Workbench:
                 "fbank": prep.fbank.numpy(), "notes": list(prep.notes), "has_audio": prep.has_audio,
                 "timing_s": time.perf_counter() - t0}
 
-    def explain(self, path, target: str | None = None) -> dict:
+    def explain(self, path, target: str | None = None, block: int = -2) -> dict:
         """Video CAMs of MMT and the video-only model (overlaid on the frames) and MMT's audio CAM
-        for class `target` (a class name; None: each model's own top prediction)."""
+        for class `target` (a class name; None: each model's own top prediction), taken at each
+        encoder's `block` (-2: the block before the last; 0: the finer stage-1 map)."""
         if target and target not in self.class_names:
             raise UserError(f"unknown class '{target}'; classes: {', '.join(self.class_names)}")
         prep, results = self.prepared(path)
@@ -206,12 +207,12 @@ class Workbench:
                 out["targets"][role] = m.class_names[idx]
                 inputs = prep.inputs[m.name]
                 if "v" in m.modalities:
-                    cam = gradcam.video_cam(m.model, inputs, target=idx,
+                    cam = gradcam.video_cam(m.model, inputs, target=idx, block=block,
                                             frame_size=prep.clip.frames.shape[1:3])
                     out["overlays"][role] = gradcam.overlay_frames(prep.clip.frames, cam)
                 if "a" in m.modalities and role == "mmt":
-                    out.setdefault("audio_cams", {})[role] = gradcam.audio_cam(m.model, inputs,
-                                                                              target=idx)
+                    out.setdefault("audio_cams", {})[role] = gradcam.audio_cam(
+                        m.model, inputs, target=idx, block=block)
         out["fbank"] = prep.fbank.numpy()
         out["seconds_per_frame"] = 0.01  # kaldi fbank 10 ms shift
         return out

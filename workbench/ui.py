@@ -18,6 +18,9 @@ from mmt_core.errors import UserError
 from .service import ROLE_TITLES, get_workbench
 
 TOP = "(top prediction)"
+# Grad-CAM layer choices: the block before the last (pytorch-grad-cam's default for Transformers)
+# or the last stage-1 block, whose map is 2x finer (where MMT and video-only differ most here).
+CAM_LAYERS = {"block before the last": -2, "stage 1 (finer map)": 0}
 ROLES = ("mmt", "audio", "video")
 INTRO = """# MMT Workbench
 Upload a short video clip (or pick a built-in one) to see what the **Multiscale Multimodal
@@ -96,15 +99,20 @@ def predict(clip):
 
 
 @_user_errors
-def explain(clip, target):
-    """clip, class (or TOP) → MMT and video-only CAM overlays, MMT audio CAM on the spectrogram."""
+def explain(clip, target, layer=-2):
+    """clip, class (or TOP), CAM block → MMT and video-only CAM overlays, MMT audio CAM on the
+    spectrogram."""
     wb = get_workbench()
-    res = wb.explain(clip, None if target in (None, "", TOP) else target)
+    block = CAM_LAYERS.get(layer, layer)  # a choice's value, or its label from an API caller
+    if block not in CAM_LAYERS.values():
+        raise UserError(f"unknown CAM layer {layer!r}; choose one of {', '.join(CAM_LAYERS)}")
+    res = wb.explain(clip, None if target in (None, "", TOP) else target, block=block)
     ov, tg = res["overlays"], res["targets"]
     audio = res.get("audio_cams", {}).get("mmt")
     fig = spectrogram_figure(res["fbank"], audio, title=f"MMT audio Grad-CAM for '{tg.get('mmt')}'",
                              seconds_per_frame=res["seconds_per_frame"])
-    md = ("Grad-CAM of the block before the last, for class "
+    where = next(name for name, b in CAM_LAYERS.items() if b == block)
+    md = (f"Grad-CAM of the {where}, for class "
           + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items()) + ".")
     return _thumbs(ov["mmt"]), _thumbs(ov["video"]), fig, md
 
@@ -179,6 +187,7 @@ def build_demo() -> gr.Blocks:
                     # Choices arrive at page load; API callers may name any class (checked).
                     target = gr.Dropdown(label="Class to explain", choices=[TOP], value=TOP,
                                          allow_custom_value=True)
+                    layer = gr.Radio(list(CAM_LAYERS.items()), value=-2, label="CAM layer")
                     explain_btn = gr.Button("Explain", variant="primary")
                 with gr.Row():
                     cam_mmt = gr.Gallery(label="MMT video Grad-CAM", columns=4, height=310,
@@ -212,18 +221,20 @@ def build_demo() -> gr.Blocks:
         embed_out = [*plots, scores, embed_md]
         # The public endpoints: one input (the clip) for predict, as the API promises.
         ev = clip.upload(predict, clip, pred_out, api_name="predict")
-        explain_btn.click(explain, [clip, target], explain_out, api_name="explain")
+        explain_btn.click(explain, [clip, target, layer], explain_out, api_name="explain")
         gr.on([method.change, source.change], embed, [clip, method, source], embed_out,
               api_name="embed")
         abl_btn.click(ablations, None, [abl_table, abl_plot, abl_md], api_name="ablations")
         # Private chains (named so they never take the public names): an upload or an example
         # fills every tab.
         hidden = {"api_visibility": "private"}
-        ev.success(explain, [clip, target], explain_out, api_name="upload_explain", **hidden) \
+        ev.success(explain, [clip, target, layer], explain_out, api_name="upload_explain",
+                   **hidden) \
           .success(embed, [clip, method, source], embed_out, api_name="upload_embed", **hidden)
         example.change(use_example, example, clip, api_name="example", **hidden) \
             .success(predict, clip, pred_out, api_name="example_predict", **hidden) \
-            .success(explain, [clip, target], explain_out, api_name="example_explain", **hidden) \
+            .success(explain, [clip, target, layer], explain_out, api_name="example_explain",
+                     **hidden) \
             .success(embed, [clip, method, source], embed_out, api_name="example_embed", **hidden)
         demo.load(page_load, None, [example, target], api_name="page_load", **hidden)
         demo.load(ablations, None, [abl_table, abl_plot, abl_md], api_name="page_ablations", **hidden)
