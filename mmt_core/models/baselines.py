@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .output import ModelOutput
+from .output import ModelOutput, cam_block_index
 
 
 @dataclass
@@ -138,7 +138,8 @@ class AST(nn.Module):
     def cam_target(self, modality: str = "audio", block: int = -2):
         if modality != "audio":
             raise ValueError(f"AST has only the audio modality, not {modality!r}")
-        return self.encoder.blocks[block], _grid_reshape(lambda: self._grid, prefix=1)
+        idx = cam_block_index(len(self.encoder.blocks), block, modality)
+        return self.encoder.blocks[idx], _grid_reshape(lambda: self._grid, prefix=1)
 
 
 class MBT(nn.Module):
@@ -212,9 +213,7 @@ class MBT(nn.Module):
         if modality not in ("audio", "video"):
             raise ValueError(f"MBT modalities are 'audio' and 'video', not {modality!r}")
         enc = self.audio if modality == "audio" else self.video
-        if not -len(enc.blocks) <= block < len(enc.blocks):
-            raise ValueError(f"block {block} is outside the {len(enc.blocks)} {modality} blocks")
-        idx = range(len(enc.blocks))[block]
+        idx = cam_block_index(len(enc.blocks), block, modality)
         # Fusion blocks carry [cls, bottlenecks, patches]; earlier blocks only [cls, patches].
         prefix = 1 + (self.bottleneck.shape[1] if idx >= self.fusion_layer else 0)
         return enc.blocks[idx], _grid_reshape(lambda: self._grids[modality], prefix=prefix)

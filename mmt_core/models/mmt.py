@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .fusion import AVBottleneck
 from .multiscale import EncoderConfig, MultiscaleEncoder, grid_to_map
-from .output import ModelOutput
+from .output import ModelOutput, cam_block_index
 
 
 def head_sizes(num_classes: int | dict[str, int]) -> dict[str, int]:
@@ -128,9 +128,7 @@ class MMT(nn.Module):
         enc = {"video": self.video, "image": self.video, "audio": self.audio}.get(modality)
         if enc is None or modality not in self.input_spec:
             raise ValueError(f"this model takes {sorted(self.input_spec)}, not {modality!r}")
-        if not -len(enc.blocks) <= block < len(enc.blocks):
-            raise ValueError(f"block {block} is outside the {len(enc.blocks)} {modality} blocks")
-        idx = range(len(enc.blocks))[block]
+        idx = cam_block_index(len(enc.blocks), block, modality)
 
         def reshape(tokens: Tensor) -> Tensor:
             # The encoder records each block's output grid before running it, so this also works

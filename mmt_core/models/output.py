@@ -32,3 +32,10 @@ class ModelOutput:
         """[E_CLS^V, E_CLS^A] (the classifier's input), or the one modality present."""
         parts = [e for e in (self.video_embed, self.audio_embed) if e is not None]
         return torch.cat(parts, dim=-1)
+
+
+def cam_block_index(num_blocks: int, block: int, modality: str) -> int:
+    """A Grad-CAM target block (negative counts from the end) as an index, or a ValueError."""
+    if not -num_blocks <= block < num_blocks:
+        raise ValueError(f"block {block} is outside the {num_blocks} {modality} blocks")
+    return block % num_blocks
