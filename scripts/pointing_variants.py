@@ -62,51 +62,41 @@ def main() -> None:
     model, meta = load_checkpoint(a.checkpoint, "cpu")
     head = next(iter(meta["classes"]))
     records = read_manifest(a.manifest, split="test").records[:a.limit or None]
-    for layer_name in a.layer or ["-2"]:
-        if layer_name == "stem":
-            enc = model.video
-            layer, reshape = enc.patch_embed, None  # conv output, already (B, C, T, H, W)
-        else:
-            layer, reshape = model.cam_target("video", int(layer_name))
-        scores: dict[str, list[float]] = {}
-        edge = other = frames = 0
-        for rec in records:
-            prep = prepare_clip(rec.path, meta, views=1)
-            size = prep["clip"].frames.shape[1:3]
-            boxes = boxes_at(rec.path, prep["clip"].times)
-            label = rec.labels[head]
-            maps = {name: cam(model, prep["inputs"], layer, reshape, m, t, head, size)
-                    for name, m, t in (("gradcam", GradCAM, ClassifierOutputTarget(label)),
-                                       ("hirescam", HiResCAM, ClassifierOutputTarget(label)),
-                                       ("elementwise", GradCAMElementWise, ClassifierOutputTarget(label)),
-                                       ("gradcam++", GradCAMPlusPlus, ClassifierOutputTarget(label)),
-                                       ("layercam", LayerCAM, ClassifierOutputTarget(label)),
-                                       ("xgradcam", XGradCAM, ClassifierOutputTarget(label)),
-                                       ("gradcam_contrastive", GradCAM, Contrastive(label)))}
-            for name, m in maps.items():
-                scores.setdefault(name, []).append(pointing_game(m, boxes))
+    layers = {}
+    for name in a.layer or ["-2"]:  # patch embed: its conv output is already (B, C, T, H, W)
+        layers[name] = (model.video.patch_embed, None) if name == "stem" else model.cam_target("video", int(name))
+    scores = {name: {} for name in layers}  # layer -> variant -> per-clip scores
+    for rec in records:  # each clip decoded once, for every layer
+        prep = prepare_clip(rec.path, meta, views=1)
+        h, w = size = prep["clip"].frames.shape[1:3]
+        boxes = boxes_at(rec.path, prep["clip"].times)  # (T, 4) x0, y0, x1, y1
+        label = rec.labels[head]
+        for name, (layer, reshape) in layers.items():
+            add = lambda key, value: scores[name].setdefault(key, []).append(value)  # noqa: E731
+            maps = {key: cam(model, prep["inputs"], layer, reshape, method, target, head, size)
+                    for key, method, target in (
+                        ("gradcam", GradCAM, ClassifierOutputTarget(label)),
+                        ("hirescam", HiResCAM, ClassifierOutputTarget(label)),
+                        ("elementwise", GradCAMElementWise, ClassifierOutputTarget(label)),
+                        ("gradcam++", GradCAMPlusPlus, ClassifierOutputTarget(label)),
+                        ("layercam", LayerCAM, ClassifierOutputTarget(label)),
+                        ("xgradcam", XGradCAM, ClassifierOutputTarget(label)),
+                        ("gradcam_contrastive", GradCAM, Contrastive(label)))}
+            for key, m in maps.items():
+                add(key, pointing_game(m, boxes))
             g = maps["gradcam"]
             for tol in (9, 15):
-                scores.setdefault(f"gradcam_tolerance_{tol}px", []).append(pointing_game(g, boxes, tolerance=tol))
-            t, y, x = np.unravel_index(int(g.argmax()), g.shape)
-            x0, y0, x1, y1 = boxes[t]
-            scores.setdefault("gradcam_volume_peak", []).append(float(x0 <= x <= x1 and y0 <= y <= y1))
-            h, w = size
-            for f in range(len(g)):
-                y, x = divmod(int(g[f].argmax()), w)
-                x0, y0, x1, y1 = boxes[f]
-                frames += 1
-                if not (x0 <= x <= x1 and y0 <= y <= y1):
-                    if min(x, y, w - 1 - x, h - 1 - y) <= 12:
-                        edge += 1
-                    else:
-                        other += 1
-        out = {"checkpoint": a.checkpoint, "layer": layer_name, "clips": len(records),
-               **{k: round(float(np.mean(v)), 3) for k, v in scores.items()},
-               "gradcam_miss_at_edge": round(edge / frames, 3),
-               "gradcam_miss_elsewhere": round(other / frames, 3)}
-        print(json.dumps(out), flush=True)
-
+                add(f"gradcam_tolerance_{tol}px", pointing_game(g, boxes, tolerance=tol))
+            t = int(g.argmax()) // (h * w)  # the frame of the whole map's peak
+            add("gradcam_volume_peak", pointing_game(g[t], boxes[t]))
+            ys, xs = np.divmod(g.reshape(len(g), -1).argmax(1), w)  # each frame's peak
+            inside = (boxes[:, 0] <= xs) & (xs <= boxes[:, 2]) & (boxes[:, 1] <= ys) & (ys <= boxes[:, 3])
+            at_edge = np.minimum.reduce([xs, ys, w - 1 - xs, h - 1 - ys]) <= 12
+            add("gradcam_miss_at_edge", float(np.mean(~inside & at_edge)))
+            add("gradcam_miss_elsewhere", float(np.mean(~inside & ~at_edge)))
+    for name, per_variant in scores.items():
+        print(json.dumps({"checkpoint": a.checkpoint, "layer": name, "clips": len(records),
+                          **{k: round(float(np.mean(v)), 3) for k, v in per_variant.items()}}))
 
 if __name__ == "__main__":
     main()
