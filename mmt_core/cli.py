@@ -60,6 +60,23 @@ def cmd_cache(a) -> dict:
     return build_cache(cfg.data, out_dir=a.out, split=a.split, progress=not a.json)
 
 
+def cmd_shard(a) -> dict:
+    cfg = None
+    if a.decoded:
+        if not a.config:
+            raise UserError("--decoded needs --config RECIPE (the sizes to decode to)")
+        from .config import load_config
+
+        cfg = load_config(a.config, a.set).data
+    elif a.config or a.set:
+        raise UserError("--config/--set only apply with --decoded")
+    from .data.shards import write_shards
+
+    return write_shards(a.manifest, a.out, split=a.split, shard_size=a.shard_size,
+                        shard_mb=a.shard_mb, decoded_cfg=cfg, format=a.format,
+                        progress=not a.json)
+
+
 def cmd_train(a) -> dict:
     from .config import load_config
 
@@ -72,9 +89,11 @@ def cmd_train(a) -> dict:
 def cmd_eval(a) -> dict:
     from .engine import evaluate_checkpoint
 
+    if bool(a.manifest) == bool(a.shards):
+        raise UserError("give --manifest or --shards (one of them)")
     return evaluate_checkpoint(a.checkpoint, manifest=a.manifest, split=a.split, views=a.views,
                                pointing=a.pointing, cam_block=a.cam_block,
-                               batch_size=a.batch_size, progress=not a.json)
+                               batch_size=a.batch_size, progress=not a.json, shards=a.shards)
 
 
 def cmd_predict(a) -> dict:
@@ -129,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="train")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
+    sp = add("shard", cmd_shard, "write a manifest split as WebDataset tar shards + index.json")
+    sp.add_argument("--manifest", required=True)
+    sp.add_argument("--split", default="train")
+    sp.add_argument("--out", required=True, help="directory of the shards and index.json")
+    sp.add_argument("--shard-size", type=int, default=0, help="samples per shard")
+    sp.add_argument("--shard-mb", type=float, default=0.0,
+                    help="MB per shard (default 1000 when --shard-size is not given)")
+    sp.add_argument("--decoded", action="store_true",
+                    help="store decoded frames (JPEG) + fbank (.npy) at the recipe's sizes")
+    sp.add_argument("--config", default=None, help="recipe whose data sizes --decoded uses")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--format", default="auto")
+
     sp = add("train", cmd_train, "train a model from a YAML recipe")
     sp.add_argument("--config", required=True)
     sp.add_argument("--out", required=True, help="run directory")
@@ -138,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("eval", cmd_eval, "evaluate a checkpoint on a manifest")
     sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--manifest", required=True)
+    sp.add_argument("--manifest", default=None)
+    sp.add_argument("--shards", default=None,
+                    help="evaluate on WebDataset shards (DIR or pattern) instead of a manifest")
     sp.add_argument("--split", default="test")
     sp.add_argument("--views", type=int, default=None, help="temporal views per clip (paper: 5)")
     sp.add_argument("--pointing", action="store_true", help="Grad-CAM pointing game (built-in data)")

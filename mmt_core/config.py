@@ -42,6 +42,12 @@ class DataConfig:
     cache_dir: str = ""  # preprocessed frame+fbank shards (mmt_core.data.cache); "" = decode on the fly
     max_clip_seconds: float = 600.0  # refuse longer files (decode cap)
     num_workers: int = 2  # DataLoader worker processes
+    # WebDataset shards written by `mmt shard` (mmt_core/data/shards.py, docs/scaling.md)
+    shards: str = ""  # train from shards: a DIR, a brace pattern, URLs or pipe: ("" = the manifest)
+    shards_index: str = ""  # their index.json ("" = beside the shards; needed for pipe:)
+    val_shards: str = ""  # shards of val_split ("" = val_split's shards listed in that index.json)
+    shuffle_buffer: int = 256  # samples mixed per worker; holds raw samples (~1.6 MB each for 10 s VGGSound mp4)
+    batches_per_epoch: int = 0  # batches per rank per epoch from shards (0 = samples in index.json / (world x batch))
 
 
 @dataclass

@@ -188,7 +188,7 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
     tc, run_dir = cfg.train, Path(out_dir)
     rank, world, device = _setup_distributed(tc.device)
     main = rank == 0
-    if not cfg.data.manifest:
+    if not cfg.data.manifest and not cfg.data.shards:
         raise ConfigError("data.manifest is not set (give it in the recipe or --set data.manifest=...)")
     if cfg.data.mixup:  # mixup_batch exists (data/transforms.py) but the loop does not mix yet
         raise ConfigError("data.mixup is not supported by the training loop yet; set it to 0")
@@ -197,13 +197,18 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    # Data: one manifest read gives the class list shared by the train and val splits.
-    man = read_manifest(cfg.data.manifest, format=cfg.data.format, root=cfg.data.root)
-    classes = man.classes
-    train_recs = [r for r in man.records if r.split == cfg.data.train_split]
-    val_recs = [r for r in man.records if cfg.data.val_split and r.split == cfg.data.val_split]
-    if not train_recs:
-        raise ConfigError(f"no '{cfg.data.train_split}' clips in {cfg.data.manifest}")
+    if cfg.data.shards:  # WebDataset shards: classes from their index.json (data/shards.py)
+        from .data.shards import read_index
+
+        classes = read_index(cfg.data.shards, cfg.data.shards_index)["classes"]
+    else:
+        # Data: one manifest read gives the class list shared by the train and val splits.
+        man = read_manifest(cfg.data.manifest, format=cfg.data.format, root=cfg.data.root)
+        classes = man.classes
+        train_recs = [r for r in man.records if r.split == cfg.data.train_split]
+        val_recs = [r for r in man.records if cfg.data.val_split and r.split == cfg.data.val_split]
+        if not train_recs:
+            raise ConfigError(f"no '{cfg.data.train_split}' clips in {cfg.data.manifest}")
 
     _seed_all(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg, classes)
@@ -216,19 +221,31 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
                   "train.grad_checkpoint", file=sys.stderr)
     model.to(device)
     two_views = cfg.loss.imc or cfg.loss.imal
-    train_set = AVDataset(train_recs, classes, cfg.data, train=True, two_views=two_views,
-                          modalities=model.modalities, seed=tc.seed)
-    val_set = (AVDataset(val_recs, classes, cfg.data, train=False, num_views=cfg.data.test_views,
-                         modalities=model.modalities, seed=tc.seed) if val_recs else None)
-    sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                               seed=tc.seed)
-    loader_gen = torch.Generator()
-    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
-                        generator=loader_gen, **_loaders_kwargs(cfg, device))
-    steps_per_epoch = len(sampler) // tc.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{len(sampler)} training clips per process is fewer than "
-                          f"train.batch_size={tc.batch_size}")
+    shard_data = None
+    if cfg.data.shards:  # a fixed number of batches per rank; `sampler` takes epoch + skip
+        from .data.shards import training_data
+
+        shard_data = training_data(cfg, world=world, rank=rank, two_views=two_views,
+                                   modalities=model.modalities,
+                                   loader_kwargs=_loaders_kwargs(cfg, device))
+        train_set = sampler = shard_data["train_set"]
+        val_set, loader = shard_data["val_set"], shard_data["loader"]
+        steps_per_epoch, loader_gen = shard_data["steps"], torch.Generator()
+    else:
+        train_set = AVDataset(train_recs, classes, cfg.data, train=True, two_views=two_views,
+                              modalities=model.modalities, seed=tc.seed)
+        val_set = (AVDataset(val_recs, classes, cfg.data, train=False,
+                             num_views=cfg.data.test_views, modalities=model.modalities,
+                             seed=tc.seed) if val_recs else None)
+        sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                   seed=tc.seed)
+        loader_gen = torch.Generator()
+        loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
+                            generator=loader_gen, **_loaders_kwargs(cfg, device))
+        steps_per_epoch = len(sampler) // tc.batch_size
+        if steps_per_epoch == 0:
+            raise ConfigError(f"{len(sampler)} training clips per process is fewer than "
+                              f"train.batch_size={tc.batch_size}")
     total = tc.epochs * steps_per_epoch
 
     opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr,
@@ -273,7 +290,8 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
             tb = SummaryWriter(str(run_dir / "tb"))
         except ImportError:
             pass
-    data_info = {"train_clips": len(train_recs), "val_clips": len(val_recs)}
+    data_info = (shard_data["data_info"] if shard_data else
+                 {"train_clips": len(train_recs), "val_clips": len(val_recs)})
 
     def write(record: dict) -> None:
         if main:

@@ -8,7 +8,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from . import checkpoint as ckpt
 from .errors import ConfigError, UserError
@@ -65,7 +65,7 @@ def run_eval(model, dataset, classes: dict[str, list[str]], *, batch_size: int,
     # Under torchrun every rank evaluates every world-th clip; the results are gathered below.
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
-    if world > 1:
+    if world > 1 and not isinstance(dataset, IterableDataset):  # shards split themselves
         dataset = Subset(dataset, range(rank, len(dataset), world))
     # Its own generator: creating worker seeds must not consume the training RNG.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -133,13 +133,19 @@ def _remap_labels(records, from_classes: dict, to_classes: dict):
 
 def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = None,
                         pointing: bool = False, cam_block: int = -2, batch_size: int = 8,
-                        progress: bool = True) -> dict:
-    """`mmt eval`: accuracy of a checkpoint on a manifest split, optionally the pointing game."""
+                        progress: bool = True, shards: str | None = None) -> dict:
+    """`mmt eval`: accuracy of a checkpoint on a manifest split (or on WebDataset shards of a
+    split: `shards` = DIR or pattern), optionally the pointing game."""
     from .data.dataset import AVDataset
     from .data.manifests import read_manifest
 
     device = resolve_device("auto", 0)
     model, meta = ckpt.load_checkpoint(dir, device)
+    if shards:
+        if pointing:
+            raise UserError("--pointing needs the clips' sidecar boxes: use --manifest")
+        return _evaluate_shards(dir, model, meta, shards, split, views, batch_size, device,
+                                progress)
     data_cfg = ckpt.data_config_from_meta(meta, manifest=str(manifest))
     man = read_manifest(manifest, split=split or None)
     records = [r for r in man.records if not split or r.split == split]
@@ -172,3 +178,19 @@ def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = 
     return report
 
 
+
+
+def _evaluate_shards(dir, model, meta, spec, split, views, batch_size, device, progress) -> dict:
+    from .data.shards import ShardDataset, read_index, shard_urls
+
+    idx = read_index(spec)
+    urls, samples = shard_urls(spec, idx, split)
+    views = views or meta["preprocessing"].get("test_views") or 1
+    if views < 1:
+        raise UserError(f"--views must be >= 1, got {views}")
+    dataset = ShardDataset(urls, idx, meta["classes"], ckpt.data_config_from_meta(meta),
+                           train=False, num_views=views, modalities=model.modalities)
+    report = run_eval(model, dataset, meta["classes"], batch_size=batch_size, device=device,
+                      num_workers=min(2, os.cpu_count() or 1, len(urls)), progress=progress)
+    return {"checkpoint": str(dir), "model": meta["model"], "shards": spec, "split": split,
+            "shard_samples": samples, **report}

@@ -80,17 +80,30 @@ class AVDataset(torch.utils.data.Dataset):
                                       num_mel_bins=self.cfg.num_mel_bins)
         return self._cache
 
-    def _window(self, rec: ClipRecord, rng, view: int | None, num_views: int):
-        """(frames uint8 (T,H,W,3) | None, fbank (F,N) | None, has_audio) of one window."""
+    def _window(self, rec: ClipRecord, rng, view: int | None, num_views: int, source=None):
+        """(frames uint8 (T,H,W,3) | None, fbank (F,N) | None, has_audio) of one window.
+
+        source: None = rec.path (or the cache); a file-like = the media's bytes (a shard member,
+        with rec.start/end relative to it); a tuple (frames, fbank, has_audio) = that window,
+        already decoded (a `--decoded` shard: one stored window, so only view 0 of 1).
+        """
         cfg = self.cfg
         want_v, want_a = "v" in self.modalities, "a" in self.modalities
-        reader = self._cache_reader()
+        if isinstance(source, tuple):
+            if num_views != 1:
+                raise ValueError(f"a decoded sample holds one window, not {num_views} views")
+            frames, fb, has_audio = source
+            return (frames if want_v else None), (fb if want_a else None), has_audio
+        reader = self._cache_reader() if source is None else None
         hit = reader.lookup(rec) if reader is not None else None
         if hit is not None:
             return reader.window(hit, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
                                  target_frames=cfg.audio_frames, view=view, num_views=num_views,
                                  rng=None if view is not None else rng, video=want_v, audio=want_a)
-        clip = decode(rec.path, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
+        if source is not None:
+            source.seek(0)  # the same bytes serve several windows (views, the IMC second view)
+        clip = decode(rec.path if source is None else source, num_frames=cfg.num_frames,
+                      clip_seconds=cfg.clip_seconds,
                       sample_rate=cfg.sample_rate, start=rec.start, end=rec.end, view=view,
                       num_views=num_views, rng=None if view is not None else rng,
                       max_seconds=cfg.max_clip_seconds, video=want_v, audio=want_a,
@@ -114,29 +127,35 @@ class AVDataset(torch.utils.data.Dataset):
             out["audio"] = features.normalize(fb, cfg.audio_mean, cfg.audio_std).unsqueeze(0)  # (1, F, N)
         return out
 
-    def _view(self, rec, rng, view=None, num_views=1) -> tuple[dict, bool]:
-        frames, fb, has_audio = self._window(rec, rng, view, num_views)
+    def _view(self, rec, rng, view=None, num_views=1, source=None) -> tuple[dict, bool]:
+        frames, fb, has_audio = self._window(rec, rng, view, num_views, source)
         return self._tensors(frames, fb, rng), has_audio
 
     # ------------------------------------------------------------------ items
-    def load(self, index: int) -> dict:
-        """The item, raising MediaError for a broken clip (__getitem__ returns None for those)."""
-        rec = self.records[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def make_item(self, rec: ClipRecord, rng: np.random.Generator, index: int,
+                  source=None) -> dict:
+        """The one per-sample function of every storage: a record (labels, segment) and its media
+        -> the item dict. `source` as in `_window`: None (file or cache), in-memory bytes
+        (a shard's mp4) or decoded arrays (a `--decoded` shard). Raises MediaError when broken."""
         if self.train or self.num_views == 1:
             view = None if self.train else 0
-            item, has_audio = self._view(rec, rng, view, 1)
+            item, has_audio = self._view(rec, rng, view, 1, source)
         else:
-            views = [self._view(rec, rng, v, self.num_views) for v in range(self.num_views)]
+            views = [self._view(rec, rng, v, self.num_views, source) for v in range(self.num_views)]
             has_audio = views[0][1]
             item = {k: torch.stack([v[0][k] for v in views]) for k in views[0][0]}  # (V, ...)
         if self.two_views:
-            second, _ = self._view(rec, rng, None if self.train else 0, 1)
+            second, _ = self._view(rec, rng, None if self.train else 0, 1, source)
             item.update({f"{k}2": v for k, v in second.items()})
         item["labels"] = dict(rec.labels)
         item["has_audio"] = bool(has_audio)
         item["index"] = index
         return item
+
+    def load(self, index: int) -> dict:
+        """The item, raising MediaError for a broken clip (__getitem__ returns None for those)."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return self.make_item(self.records[index], rng, index)
 
     def __getitem__(self, index: int) -> dict | None:
         try:
@@ -155,11 +174,15 @@ class AVDataset(torch.utils.data.Dataset):
 def collate_skip_broken(items: list) -> dict:
     """Stack the non-None items; add "skipped" (count) and "skipped_paths".
 
+    A broken item is None (map-style datasets) or {"broken": path} (streamed shards, which
+    cannot attach paths to the batch list).
+
     An all-broken batch has the skip keys, "labels" {} and an empty "index" (the engine skips it).
     """
-    good = [x for x in items if x is not None]
+    good = [x for x in items if x is not None and "broken" not in x]
     out: dict = {"skipped": len(items) - len(good),
-                 "skipped_paths": list(getattr(items, "skipped_paths", []))}
+                 "skipped_paths": list(getattr(items, "skipped_paths", [])) +
+                 [x["broken"] for x in items if x is not None and "broken" in x]}
     if not good:
         out.update(labels={}, index=torch.zeros(0, dtype=torch.long))
         return out

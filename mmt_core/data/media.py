@@ -44,7 +44,16 @@ class Clip:
     times: np.ndarray  # float64 (T,) time of each sampled frame in seconds
 
 
-def _open(path: str | Path):
+def _open(path):
+    """Open a path, or a seekable file-like object (e.g. `io.BytesIO` of a shard member; its
+    `.name`, when set, names it in errors)."""
+    if hasattr(path, "read"):
+        try:
+            return av.open(path)
+        except (av.error.InvalidDataError, av.error.EOFError) as e:
+            raise MediaError(f"not a readable media file: {_name(path)} ({type(e).__name__})") from None
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            raise MediaError(f"cannot open {_name(path)}: {e}") from None
     p = Path(path)
     if not p.exists():
         raise MediaError(f"file not found: {p}")
@@ -60,6 +69,10 @@ def _open(path: str | Path):
         raise MediaError(f"cannot open {p}: {e.strerror or e}") from None
     except (ValueError, OSError) as e:
         raise MediaError(f"cannot open {p}: {e}") from None
+
+
+def _name(source) -> str:
+    return str(getattr(source, "name", "") or "<in-memory media>")
 
 
 def _offset(container) -> float:
@@ -84,8 +97,8 @@ def _info(container, path) -> MediaInfo:
         channels=a.codec_context.channels if a is not None else 0)
 
 
-def probe(path: str | Path) -> MediaInfo:
-    """Duration, streams and formats of a media file, without decoding it."""
+def probe(path) -> MediaInfo:
+    """Duration, streams and formats of a media file (a path or a file-like), without decoding it."""
     with _open(path) as container:
         return _info(container, path)
 
@@ -223,13 +236,14 @@ def _target_size(width: int, height: int, max_side: int | None,
     return max(2, int(round(width * s))), max(2, int(round(height * s)))
 
 
-def decode(path: str | Path, *, num_frames: int, clip_seconds: float, sample_rate: int = 16000,
+def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 16000,
            start: float | None = None, end: float | None = None, view: int | None = None,
            num_views: int = 1, rng: np.random.Generator | None = None, max_seconds: float = 600,
            max_side: int | None = None, short_side: int | None = None, video: bool = True,
            audio: bool = True,
            time_limit: float = DECODE_TIME_LIMIT) -> Clip:
-    """Decode `num_frames` evenly spaced frames and the audio of one window of `path`.
+    """Decode `num_frames` evenly spaced frames and the audio of one window of `path` (a path, or
+    a seekable file-like object such as `io.BytesIO(shard_member_bytes)`).
 
     The window is chosen by `choose_window` (start/end, view of num_views, or random from rng).
     Frames sit at the centres of T equal bins of the window's real content. `video=False` skips
@@ -242,7 +256,8 @@ def decode(path: str | Path, *, num_frames: int, clip_seconds: float, sample_rat
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     t0 = time.monotonic()
-    with _open(path) as container:
+    src, path = path, (_name(path) if hasattr(path, "read") else path)  # path: for messages
+    with _open(src) as container:
         info = _info(container, path)
         if video and not info.has_video:
             raise MediaError(f"no video stream in {path}")
