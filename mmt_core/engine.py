@@ -225,12 +225,14 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
     if cfg.data.shards:  # a fixed number of batches per rank; `sampler` takes epoch + skip
         from .data.shards import training_data
 
+        loader_gen = torch.Generator()  # worker seeds must not draw from the model's RNG
         shard_data = training_data(cfg, world=world, rank=rank, two_views=two_views,
                                    modalities=model.modalities,
-                                   loader_kwargs=_loaders_kwargs(cfg, device))
+                                   loader_kwargs={**_loaders_kwargs(cfg, device),
+                                                  "generator": loader_gen})
         train_set = sampler = shard_data["train_set"]
         val_set, loader = shard_data["val_set"], shard_data["loader"]
-        steps_per_epoch, loader_gen = shard_data["steps"], torch.Generator()
+        steps_per_epoch = shard_data["steps"]
     else:
         train_set = AVDataset(train_recs, classes, cfg.data, train=True, two_views=two_views,
                               modalities=model.modalities, seed=tc.seed)

@@ -256,10 +256,11 @@ def _merged_index(out: Path, kind: str, classes: dict, sha: str, pre: dict | Non
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
-    for key in ("kind", "classes", "manifest_sha256", "preprocessing"):
+    what = {"manifest_sha256": "another manifest (sha256 mismatch)", "kind": "another kind",
+            "classes": "other classes", "preprocessing": "other decoded sizes"}
+    for key, text in what.items():
         if old.get(key) != new[key]:
-            what = "manifest (sha256 mismatch)" if key == "manifest_sha256" else key
-            raise UserError(f"{out} holds shards of another {what}; write to a new --out")
+            raise UserError(f"{out} holds shards of {text}; write to a new --out")
     return {**new, "splits": old.get("splits", {})}
 
 
