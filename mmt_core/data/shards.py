@@ -455,7 +455,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             wds.ResampledShards(self.urls, seed=_seed(self.seed, self.epoch, rank, stream),
                                 worker_seed=lambda: 0, deterministic=True),
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
-            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 64),
                         seed=_seed(self.seed, self.epoch, rank, stream, 1)),
             wds.slice(done, None),
         ).with_epoch(mine * self.batch_size)
