@@ -73,7 +73,7 @@ def cmd_shard(a) -> dict:
     from .data.shards import write_shards
 
     return write_shards(a.manifest, a.out, split=a.split, shard_size=a.shard_size,
-                        shard_mb=a.shard_mb, decoded_cfg=cfg, format=a.format,
+                        shard_mb=a.shard_mb, decoded_cfg=cfg, format=a.format, seed=a.seed,
                         progress=not a.json)
 
 
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default=None, help="recipe whose data sizes --decoded uses")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--format", default="auto")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the (random) order of the clips")
 
     sp = add("train", cmd_train, "train a model from a YAML recipe")
     sp.add_argument("--config", required=True)

@@ -67,6 +67,9 @@ def test_shard_counts_index_and_original_bytes(sharded):
     assert len(idx["manifest_sha256"]) == 64
     assert sorted(p.name for p in out.iterdir()) == [
         "index.json", "test-000000.tar", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    first = [json.loads(x["json"])["source"]["path"] for x in _samples(out / "train-000000.tar")]
+    in_order = [r.path for r in read_manifest(data / "manifest.csv", split="train").records][:5]
+    assert sorted(first) != sorted(in_order)  # written in a seeded random order: mixed classes
     s = _samples(out / "train-000000.tar")[0]
     meta = json.loads(s["json"])
     assert s["mp4"] == Path(meta["source"]["path"]).read_bytes()  # no re-encode

@@ -168,15 +168,20 @@ def _decoded_preprocessing(cfg) -> dict:
 
 def write_shards(manifest: str | Path, out_dir: str | Path, *, split: str = "train",
                  shard_size: int = 0, shard_mb: float = 0.0, decoded_cfg=None,
-                 format: str = "auto", root: str = "", progress: bool = True) -> dict:
+                 format: str = "auto", root: str = "", seed: int = 0,
+                 progress: bool = True) -> dict:
     """Write `split` of `manifest` as WebDataset shards `out_dir/{split}-NNNNNN.tar` + index.json.
 
     shard_size: samples per shard; shard_mb: MB per shard (default ~1 GB when neither is given).
     decoded_cfg: a DataConfig: store decoded frames + fbank at its sizes instead of the media.
-    Broken clips are skipped, counted and listed in the result and the index.
+    Clips are written in a random order (seeded by `seed`), so that each shard mixes the classes
+    even when the manifest is sorted by class (a stream reads a shard front to back). Broken
+    clips are skipped, counted and listed in the result and the index.
     """
     import webdataset as wds
     from tqdm.auto import tqdm
+
+    from .features import one_thread
 
     if shard_size < 0 or shard_mb < 0:
         raise UserError("--shard-size and --shard-mb must be >= 0")
@@ -204,11 +209,12 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, split: str = "tra
         maker = AVDataset([], m.classes, decoded_cfg, train=False)
     counts: dict[str, int] = {}
     skipped: list[dict] = []
-    bar = tqdm(m.records, desc=f"mmt shard {split}", disable=not progress, file=sys.stderr)
-    from .features import one_thread
-
+    order = np.random.default_rng(seed).permutation(len(m.records))
+    bar = tqdm([m.records[i] for i in order], desc=f"mmt shard {split}", disable=not progress,
+               file=sys.stderr)
+    max_mb = shard_mb or (0 if shard_size else DEFAULT_SHARD_MB)
     with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=shard_size or 10**9,
-                         maxsize=(shard_mb or (0 if shard_size else DEFAULT_SHARD_MB)) * 1e6 or 1e15,
+                         maxsize=max_mb * 1e6 if max_mb else float("inf"),
                          verbose=0) as writer, one_thread():
         for i, rec in enumerate(bar):
             try:
@@ -228,10 +234,11 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, split: str = "tra
     if not counts:
         raise UserError(f"none of the {len(m.records)} clips of split '{split}' could be read "
                         f"(first error: {skipped[0]['error']})")
-    for f in out.glob(f"{split}-*.tar"):  # ShardWriter opens the next shard before it is needed
+    for f in out.glob(f"{split}-*.tar"):  # ShardWriter opens its first shard before any sample
         if f.name not in counts:
             f.unlink()
     index["splits"][split] = {"shards": [{"name": n, "samples": c} for n, c in counts.items()],
+                              "order_seed": seed,
                               "samples": sum(counts.values()), "skipped": len(skipped),
                               "skipped_clips": skipped}
     tmp = out / "index.json.tmp"
