@@ -171,8 +171,8 @@ def main() -> None:
             files = AVDataset(m.records, m.classes, cfg, train=True)
             row["files"] = _time((files[i % n_clips] for i in range(n + w)), n, w)
             cache = build_cache(cfg, tmp / f"cache_{size}", split="train", progress=False)
-            cached = AVDataset(m.records, m.classes, dataclasses.replace(cfg, cache_dir=cache["out_dir"]),
-                               train=True)
+            cached = AVDataset(m.records, m.classes,
+                               dataclasses.replace(cfg, cache_dir=cache["out_dir"]), train=True)
             row["cache"] = _time((cached[i % n_clips] for i in range(n + w)), n, w)
             row["cache"]["bytes_per_sample"] = cache["bytes"] // cache["clips"]
             row["shards_mp4"] = _time(_shard_stream(tmp / "mp4", m.classes, cfg, n + w), n, w)
@@ -181,13 +181,14 @@ def main() -> None:
             dec = write_shards(manifest, tmp / f"dec_{size}", split="train", decoded_cfg=cfg,
                                progress=False)
             row["decoded_shard_write_s_per_clip"] = round((time.perf_counter() - t) / n_clips, 3)
-            row["shards_decoded"] = _time(_shard_stream(tmp / f"dec_{size}", m.classes, cfg, n + w),
-                                          n, w)
+            stream = _shard_stream(tmp / f"dec_{size}", m.classes, cfg, n + w)
+            row["shards_decoded"] = _time(stream, n, w)
             row["shards_decoded"]["bytes_per_sample"] = _bytes(tmp / f"dec_{size}") // dec["samples"]
             r[size] = row
         if a.vgg_like:
             r["paper_vgg_like"] = _vgg_like(tmp, a.vgg_like, a.passes)
-    r.update(seconds=round(time.perf_counter() - t_all, 1), load_avg_1m_end=round(os.getloadavg()[0], 2),
+    r.update(seconds=round(time.perf_counter() - t_all, 1),
+             load_avg_1m_end=round(os.getloadavg()[0], 2),
              cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
              torch_threads=1, note="one process = one DataLoader worker; train-mode items")
     print(json.dumps(r, indent=2))
