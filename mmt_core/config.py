@@ -46,8 +46,8 @@ class DataConfig:
     shards: str = ""  # train from shards: a DIR, a brace pattern, URLs or pipe: ("" = the manifest)
     shards_index: str = ""  # their index.json ("" = beside the shards; needed for pipe:)
     val_shards: str = ""  # shards of val_split ("" = val_split's shards listed in that index.json)
-    shuffle_buffer: int = 256  # samples mixed per worker; holds raw samples (~1.6 MB each for 10 s VGGSound mp4)
-    batches_per_epoch: int = 0  # batches per rank per epoch from shards (0 = samples in index.json / (world x batch))
+    shuffle_buffer: int = 256  # samples mixed per worker (raw: ~1.6 MB each for VGGSound mp4)
+    batches_per_epoch: int = 0  # per rank per epoch from shards (0 = index.json samples / (world x batch))
 
 
 @dataclass

@@ -51,7 +51,8 @@ def _open(path):
         try:
             return av.open(path)
         except (av.error.InvalidDataError, av.error.EOFError) as e:
-            raise MediaError(f"not a readable media file: {_name(path)} ({type(e).__name__})") from None
+            raise MediaError(f"not a readable media file: {_name(path)} "
+                             f"({type(e).__name__})") from None
         except (av.error.FFmpegError, ValueError, OSError) as e:
             raise MediaError(f"cannot open {_name(path)}: {e}") from None
     p = Path(path)
@@ -98,7 +99,7 @@ def _info(container, path) -> MediaInfo:
 
 
 def probe(path) -> MediaInfo:
-    """Duration, streams and formats of a media file (a path or a file-like), without decoding it."""
+    """Duration, streams and formats of a media file (path or file-like), without decoding it."""
     with _open(path) as container:
         return _info(container, path)
 

@@ -3,7 +3,7 @@
 Layout of DIR (what `write_shards` makes):
   DIR/{split}-000000.tar ...  WebDataset shards; one sample = files KEY.EXT sharing a KEY:
       KEY.mp4 (or .mkv/.webm/...)  the clip's own bytes (no re-encode); an EPIC-style segment is
-                                   cut once by stream copy, from the key frame at or before its start
+                                   cut once by stream copy, from the key frame before its start
       KEY.json                     labels of every head (name + index), the segment's start/end in
                                    the stored media, the source path/segment, the sidecar if any
       --decoded instead of the media: KEY.000.jpg ... (the T sampled frames, JPEG) + KEY.fbank.npy
