@@ -185,6 +185,20 @@ def test_train_and_eval_from_shards_through_the_cli(sharded, tmp_path, capsys):
     assert ev["clips"] == 6 and ev["skipped"] == 0 and 0 <= ev["top1"] <= 1
 
 
+def test_shard_cli_writes_json_and_checks_its_flags(sharded, tmp_path, capsys):
+    data, _, _ = sharded
+    man = str(data / "manifest.csv")
+    assert mmt(["shard", "--manifest", man, "--split", "test", "--out", str(tmp_path),
+                "--shard-size", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["shards"] == 2 and res["samples"] == 6 and res["pattern"].endswith(
+        "test-{000000..000001}.tar")
+    for argv, msg in ((["--decoded"], "--decoded needs --config"),
+                      (["--shard-size", "4", "--shard-mb", "10"], "not both")):
+        assert mmt(["shard", "--manifest", man, "--out", str(tmp_path / "x"), *argv]) == 2
+        assert msg in capsys.readouterr().err
+
+
 def test_shard_errors_are_one_line(sharded, tmp_path, capsys):
     data, out, _ = sharded
     base = ["train", "--out", str(tmp_path / "r"), "--config",
