@@ -59,6 +59,9 @@ class LossConfig:
     # Paper: 0.25 for epochs 1-20, 0.1 for 21-40, 0.05 after.
     lambda_schedule: list = field(default_factory=lambda: [[20, 0.25], [40, 0.1], [None, 0.05]])
     label_smoothing: float = 0.0  # CE label smoothing
+    # Weight of the CE of the unimodal heads on E_CLS^V and E_CLS^A alone (models built with
+    # model_args.aux_heads: true). 0 = off, the paper's loss.
+    aux_ce: float = 0.0
 
 
 @dataclass

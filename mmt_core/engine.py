@@ -202,6 +202,10 @@ def init_fused_head(model, video_head: dict, audio_head: dict) -> None:
         wv, wa = video_head[f"heads.{h}.weight"], audio_head[f"heads.{h}.weight"]  # (C, Dv), (C, Da)
         lin.weight.copy_(torch.cat([wv, wa], dim=1))  # (C, Dv + Da), fused_embed is [v, a]
         lin.bias.copy_(video_head[f"heads.{h}.bias"] + audio_head[f"heads.{h}.bias"])
+        if getattr(model, "aux_heads", False):  # the unimodal heads start as the models' own
+            for heads, src in ((model.video_heads, video_head), (model.audio_heads, audio_head)):
+                heads[h].weight.copy_(src[f"heads.{h}.weight"])
+                heads[h].bias.copy_(src[f"heads.{h}.bias"])
 
 
 def _prune(run_dir: Path, keep: int) -> None:
@@ -251,6 +255,9 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
     _seed_all(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg, classes)
     _init_weights(model, cfg, classes)
+    if cfg.loss.aux_ce > 0 and not getattr(model, "aux_heads", False):
+        raise ConfigError("loss.aux_ce > 0 needs an audio+video bottleneck model with "
+                          "model_args.aux_heads: true")
     if tc.grad_checkpoint:  # recompute block activations in backward: less memory, ~30 % slower
         if hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)

@@ -370,12 +370,17 @@ def compare(data, out, *, epochs: int | None = None, overrides=(), progress: boo
     if not torch.equal(reports["audio"]["labels"]["label"], reports["video"]["labels"]["label"]):
         raise UserError("the audio-only and video-only models were scored on different clips "
                         "(a clip failed to load in one of them): no Avg row")
-    avg = (reports["audio"]["probs"]["label"] + reports["video"]["probs"]["label"]) / 2
-    reports["avg"] = accuracy_report({"label": avg}, reports["audio"]["labels"],
+    pa, pv = reports["audio"]["probs"]["label"], reports["video"]["probs"]["label"]
+    reports["avg"] = accuracy_report({"label": (pa + pv) / 2}, reports["audio"]["labels"],
                                      {"label": classes})
+    # Product of the two softmaxes (= softmax of the logit sum): where the MMT's fused head starts.
+    prod = pa * pv
+    reports["product"] = accuracy_report({"label": prod / prod.sum(-1, keepdim=True)},
+                                         reports["audio"]["labels"], {"label": classes})
     names = {"audio": "audio-only", "video": "video-only", "avg": "Avg (late fusion)",
-             "mmt": "MMT"}
-    result["rows"] = [_row(names[k], reports[k]) for k in ("audio", "video", "avg", "mmt")]
+             "product": "Product (late fusion)", "mmt": "MMT"}
+    result["rows"] = [_row(names[k], reports[k])
+                      for k in ("audio", "video", "avg", "product", "mmt")]
     result["seconds"] = round(time.time() - t0, 1)
     tmp = out / f"compare.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(result, indent=2, default=str))
@@ -385,7 +390,7 @@ def compare(data, out, *, epochs: int | None = None, overrides=(), progress: boo
 
 def format_table(result: dict) -> str:
     """The compare rows as a small text table (top-1, top-5)."""
-    lines = [f"{'model':<20} {'top-1':>7} {'top-5':>7}"]
+    lines = [f"{'model':<22} {'top-1':>7} {'top-5':>7}"]
     for r in result["rows"]:
-        lines.append(f"{r['model']:<20} {100 * r['top1']:>6.1f}% {100 * r['top5']:>6.1f}%")
+        lines.append(f"{r['model']:<22} {100 * r['top1']:>6.1f}% {100 * r['top5']:>6.1f}%")
     return "\n".join(lines)

@@ -242,7 +242,7 @@ def test_compare_rows(synth_dir, tmp_path):
     res = compare(synth_dir / "manifest.csv", tmp_path / "cmp", epochs=1, progress=False,
                   overrides=SMALL)
     assert [r["model"] for r in res["rows"]] == ["audio-only", "video-only", "Avg (late fusion)",
-                                                 "MMT"]
+                                                 "Product (late fusion)", "MMT"]
     for row in res["rows"]:
         assert 0 <= row["top1"] <= row["top5"] <= 1 and row["clips"] == 6
         assert len(row["per_class"]) == 6
@@ -251,3 +251,68 @@ def test_compare_rows(synth_dir, tmp_path):
     assert meta["config"]["train"]["init"].count(",") == 1  # from the two unimodal runs
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"] == res["rows"]
     assert "MMT" in format_table(res)
+
+
+# ---------------------------------------------------------------- fusion switches
+
+def _tiny_mmt(**kw):
+    from mmt_core import create_model
+
+    torch.manual_seed(0)
+    return create_model("mmt_tiny", num_classes=5, num_frames=4, image_size=32, mel_bins=64,
+                        audio_frames=64, **kw)
+
+
+def test_aux_heads_give_unimodal_logits_and_a_weighted_loss():
+    import torch.nn.functional as F
+
+    from mmt_core.config import LossConfig
+    from mmt_core.losses import compute_losses
+
+    model = _tiny_mmt(aux_heads=True)
+    out = model(video=torch.randn(4, 3, 4, 32, 32), audio=torch.randn(4, 1, 64, 64))
+    y = {"label": torch.tensor([0, 1, 2, 3])}
+    assert {m: t["label"].shape for m, t in out.unimodal_logits.items()} == \
+        {"video": (4, 5), "audio": (4, 5)}
+    # the unimodal heads read E_CLS^V / E_CLS^A alone
+    torch.testing.assert_close(out.unimodal_logits["audio"]["label"],
+                               model.audio_heads["label"](out.audio_embed))
+    cfg = LossConfig(avc=False, imc=False, aux_ce=0.5)
+    terms = compute_losses(out, y, cfg=cfg, epoch=1)
+    aux = (F.cross_entropy(out.unimodal_logits["video"]["label"], y["label"])
+           + F.cross_entropy(out.unimodal_logits["audio"]["label"], y["label"])) / 2
+    torch.testing.assert_close(terms["aux_ce"], aux)
+    torch.testing.assert_close(terms["total"], terms["ce"] + 0.5 * aux)
+    off = compute_losses(out, y, cfg=LossConfig(avc=False, imc=False), epoch=1)
+    assert "aux_ce" not in off and torch.equal(off["total"], off["ce"])
+    assert not hasattr(_tiny_mmt(), "audio_heads")  # off by default: the paper's model
+
+
+def test_aux_ce_without_aux_heads_is_a_config_error(synth_dir, tmp_path):
+    from mmt_core.engine import train
+    from mmt_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aux_heads"):
+        train(tiny_cfg(synth_dir / "manifest.csv", "loss.aux_ce=0.5"), tmp_path / "r",
+              progress=False)
+
+
+def test_modality_dropout_drops_one_modality_per_sample_in_training_only():
+    from mmt_core.models.mmt import modality_keep
+
+    torch.manual_seed(0)
+    kv, ka = modality_keep(4000, 0.4)
+    assert not ((kv == 0) & (ka == 0)).any()  # never both
+    assert abs(float((kv == 0).float().mean()) - 0.2) < 0.03
+    assert abs(float((ka == 0).float().mean()) - 0.2) < 0.03
+    kv, ka = modality_keep(100, 1.0)
+    assert torch.equal(kv + ka, torch.ones(100))  # p = 1: exactly one kept
+    model = _tiny_mmt(modality_dropout=1.0)
+    v, a = torch.randn(6, 3, 4, 32, 32), torch.randn(6, 1, 64, 64)
+    out = model.train()(video=v, audio=a)
+    zero_v = (out.video_embed == 0).all(1)
+    zero_a = (out.audio_embed == 0).all(1)
+    assert torch.equal(zero_v ^ zero_a, torch.ones(6, dtype=torch.bool))
+    torch.testing.assert_close(out.logits, model.heads["label"](out.fused_embed))
+    ev = model.eval()(video=v, audio=a)
+    assert not (ev.video_embed == 0).all(1).any() and not (ev.audio_embed == 0).all(1).any()
