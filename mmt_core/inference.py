@@ -87,17 +87,18 @@ def predict_probs(model: torch.nn.Module, inputs: dict) -> dict[str, torch.Tenso
 
 @torch.inference_mode()
 def _probs_and_embedding(model, inputs: dict):
-    """(per head: probabilities (C,) averaged over the views, OOD embedding (D,) of the views'
-    mean) from one forward."""
-    from .ood import embedding_of
+    """(per head: probabilities (C,) averaged over the views, {modality: OOD embedding (D,)}
+    of the views' mean) from one forward."""
+    from .ood import embeddings_of
 
     out = model(**inputs)
     probs = {h: logits.float().softmax(-1).mean(0) for h, logits in out.head_logits.items()}
-    return probs, embedding_of(out).mean(0)
+    return probs, {m: e.mean(0) for m, e in embeddings_of(out).items()}
 
 
 def ood_result(dir, embedding) -> dict | None:
-    """{"score", "threshold", "flagged"} against DIR/ood.safetensors, None without that file."""
+    """mmt_core.ood.score against DIR/ood.safetensors ({"score", "threshold", "flagged", ...}),
+    None without that file."""
     from . import ood
 
     ref = ood.load(dir)
@@ -134,9 +135,9 @@ def predict_file(path, dir, topk: int = 5, views: int | None = None) -> dict:
         result["ood_note"] = "no ood.safetensors in the checkpoint: the unlike-the-training-data " \
                              "check is off"
     elif result["ood"]["flagged"]:
-        result["ood_note"] = ("unlike the training data: the clip is farther from its nearest "
-                              "training-like clips than 99 % of them are from each other; "
-                              "the prediction may be meaningless")
+        result["ood_note"] = (f"unlike the training data: the clip's {result['ood']['modality']} "
+                              "is farther from its nearest reference clips than 99 % of them "
+                              "are from each other; the prediction may be meaningless")
     result["timing"] = {"load_s": round(t1 - t0, 4), "decode_s": round(t2 - t1, 4),
                         "forward_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}
     return result
