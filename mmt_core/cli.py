@@ -48,7 +48,7 @@ def cmd_stats(a) -> dict:
     from .data.features import dataset_stats
 
     return dataset_stats(a.manifest, split=a.split, limit=a.limit, format=a.format,
-                         progress=not a.json)
+                         num_mel_bins=a.mel_bins, progress=not a.json)
 
 
 def cmd_cache(a) -> dict:
@@ -61,12 +61,33 @@ def cmd_cache(a) -> dict:
 
 
 def cmd_train(a) -> dict:
+    if a.data is not None:
+        if a.model is None:
+            raise UserError("--data needs --model (mat_tiny, mvit_tiny_video or mmt_tiny)")
+        if a.resume:
+            raise UserError("--resume works with --config; a --data run starts afresh")
+        from .own_data import train_own
+
+        return train_own(a.data, a.model, a.out, epochs=a.epochs, overrides=a.set,
+                         progress=not a.json)
+    if a.model is not None or a.epochs is not None:
+        raise UserError("--model and --epochs go with --data; with --config use --set")
     from .config import load_config
 
     cfg = load_config(a.config, a.set)  # config errors before the heavy imports
     from .engine import train
 
     return train(cfg, a.out, resume=a.resume, progress=not a.json)
+
+
+def cmd_compare(a) -> dict:
+    from .own_data import compare, format_table
+
+    result = compare(a.data, a.out, epochs=a.epochs, overrides=a.set, progress=not a.json)
+    if not a.json:
+        print(format_table(result))
+        return None
+    return result
 
 
 def cmd_eval(a) -> dict:
@@ -126,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="train")
     sp.add_argument("--format", default="auto")
     sp.add_argument("--limit", type=int, default=0, help="use at most N clips (0 = all)")
+    sp.add_argument("--mel-bins", type=int, default=128, help="fbank mel bins (data.num_mel_bins)")
 
     sp = add("cache", cmd_cache, "decode a split once into memory-mappable frame + fbank shards")
     sp.add_argument("--config", required=True)
@@ -133,12 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="train")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
-    sp = add("train", cmd_train, "train a model from a YAML recipe")
-    sp.add_argument("--config", required=True)
+    sp = add("train", cmd_train, "train a model from a YAML recipe, or on your own clips (--data)")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="a YAML recipe (configs/)")
+    src.add_argument("--data", help="your clips: a folder of class folders or a manifest; uses "
+                                    "the own-data recipe of --model")
+    sp.add_argument("--model", default=None, help="with --data: mat_tiny, mvit_tiny_video, mmt_tiny")
+    sp.add_argument("--epochs", type=int, default=None, help="with --data: training epochs")
     sp.add_argument("--out", required=True, help="run directory")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key, e.g. --set train.max_steps=8 --set seed=1")
     sp.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last")
+
+    sp = add("compare", cmd_compare, "train audio-only, video-only and MMT on your clips and "
+             "compare them (and their late fusion) on the test split")
+    sp.add_argument("--data", required=True, help="a folder or manifest with a test split")
+    sp.add_argument("--out", required=True, help="run directory (audio/, video/, mmt/, compare.json)")
+    sp.add_argument("--epochs", type=int, default=None, help="training epochs of each model")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the own-data recipes (all three models)")
 
     sp = add("eval", cmd_eval, "evaluate a checkpoint on a manifest")
     sp.add_argument("--checkpoint", required=True)

@@ -41,6 +41,9 @@ class DataConfig:
     test_views: int = 1  # evenly spaced temporal views averaged at test time (paper: 5)
     cache_dir: str = ""  # preprocessed frame+fbank shards (mmt_core.data.cache); "" = decode on the fly
     max_clip_seconds: float = 600.0  # refuse longer files (decode cap)
+    # Own data (`mmt train --data`): share of each class's training clips carved out as the
+    # validation split when the data has none (at least one clip per class with >= 2 clips).
+    val_fraction: float = 0.15
     num_workers: int = 2  # DataLoader worker processes
 
 
@@ -56,6 +59,9 @@ class LossConfig:
     # Paper: 0.25 for epochs 1-20, 0.1 for 21-40, 0.05 after.
     lambda_schedule: list = field(default_factory=lambda: [[20, 0.25], [40, 0.1], [None, 0.05]])
     label_smoothing: float = 0.0  # CE label smoothing
+    # Weight of the CE of the unimodal heads on E_CLS^V and E_CLS^A alone (models built with
+    # model_args.aux_heads: true). 0 = off, the paper's loss.
+    aux_ce: float = 0.0
 
 
 @dataclass
@@ -79,6 +85,10 @@ class TrainConfig:
     keep_last: int = 2  # step checkpoints kept besides the best/last
     init: str = ""  # weights to start from: checkpoint dir(s), comma-separated, or a foreign file
     init_source: str = ""  # torchvision | timm | slowfast | "" (our own checkpoint)
+    # An audio+video model initialised from an audio-only and a video-only checkpoint of the same
+    # classes starts its fused head at [W_V, W_A], b_V + b_A (logit-sum late fusion). Off: the
+    # paper's recipes and the ablation rows keep a fresh head; the own-data MMT recipe turns it on.
+    init_fused_head: bool = False
 
 
 @dataclass

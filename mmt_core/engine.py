@@ -145,7 +145,10 @@ def build_model(cfg: ExperimentConfig, classes: dict[str, list[str]]) -> torch.n
         raise ConfigError(f"cannot build model '{cfg.model}': {e}") from None
 
 
-def _init_weights(model, cfg: ExperimentConfig) -> None:
+HEAD_PREFIXES = ("heads.", "video_heads.", "audio_heads.")  # classifier tensors of an MMT
+
+
+def _init_weights(model, cfg: ExperimentConfig, classes: dict[str, list[str]]) -> None:
     if not cfg.train.init:
         return
     if cfg.train.init_source:
@@ -155,16 +158,54 @@ def _init_weights(model, cfg: ExperimentConfig) -> None:
         return
     # Own checkpoints, comma-separated and applied in order: e.g. a video-only and an audio-only
     # model initialise the two encoders of an MMT (their `video.*` / `audio.*` names match).
+    # Classifier heads are copied only from a checkpoint with the same class names: a head of
+    # another dataset with the same number of classes would otherwise leak in.
     own = model.state_dict()
-    loaded = 0
+    loaded, unimodal_heads = 0, {}
     for path in (p.strip() for p in cfg.train.init.split(",") if p.strip()):
-        src, _ = ckpt.load_checkpoint(path)
-        state = {k: v for k, v in src.state_dict().items()
-                 if k in own and own[k].shape == v.shape}  # heads of other datasets are skipped
+        src, meta = ckpt.load_checkpoint(path)
+        same_classes = meta["classes"] == classes
+        src_state = _fit_rel_pos(src.state_dict(), own)
+        state = {k: v for k, v in src_state.items()
+                 if k in own and own[k].shape == v.shape
+                 and (same_classes or not k.startswith(HEAD_PREFIXES))}
         model.load_state_dict(state, strict=False)
         loaded += len(state)
+        if same_classes and src.modalities in ("a", "v"):
+            unimodal_heads[src.modalities] = {k: v for k, v in src_state.items()
+                                              if k.startswith("heads.")}
     if not loaded:
         raise ConfigError(f"train.init={cfg.train.init!r}: no tensor matches '{cfg.model}'")
+    if cfg.train.init_fused_head and getattr(model, "fusion", "") == "bottleneck" \
+            and set(unimodal_heads) == {"a", "v"}:
+        init_fused_head(model, unimodal_heads["v"], unimodal_heads["a"])
+
+
+def _fit_rel_pos(src: dict, own: dict) -> dict:
+    """Relative-position tables of a checkpoint trained on another input size, resampled to this
+    model's lengths (the same linear interpolation the attention applies at run time)."""
+    out = dict(src)
+    for k, v in src.items():
+        if "rel_pos_" in k and k in own and v.dim() == 2 and own[k].shape[1] == v.shape[1] \
+                and own[k].shape[0] != v.shape[0]:
+            out[k] = torch.nn.functional.interpolate(v.t()[None], size=own[k].shape[0],
+                                                     mode="linear")[0].t()  # (len', d)
+    return out
+
+
+@torch.no_grad()
+def init_fused_head(model, video_head: dict, audio_head: dict) -> None:
+    """Start the fused classifier on [E_CLS^V, E_CLS^A] at the sum of the two unimodal heads'
+    logits: W = [W_V, W_A] side by side, b = b_V + b_A. Softmax of a logit sum is the normalised
+    product of the unimodal probabilities (late fusion), so fine-tuning starts there."""
+    for h, lin in model.heads.items():
+        wv, wa = video_head[f"heads.{h}.weight"], audio_head[f"heads.{h}.weight"]  # (C, Dv), (C, Da)
+        lin.weight.copy_(torch.cat([wv, wa], dim=1))  # (C, Dv + Da), fused_embed is [v, a]
+        lin.bias.copy_(video_head[f"heads.{h}.bias"] + audio_head[f"heads.{h}.bias"])
+        if getattr(model, "aux_heads", False):  # the unimodal heads start as the models' own
+            for heads, src in ((model.video_heads, video_head), (model.audio_heads, audio_head)):
+                heads[h].weight.copy_(src[f"heads.{h}.weight"])
+                heads[h].bias.copy_(src[f"heads.{h}.bias"])
 
 
 def _prune(run_dir: Path, keep: int) -> None:
@@ -176,8 +217,14 @@ def _prune(run_dir: Path, keep: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
-    """Train `cfg` into RUN_DIR `out_dir` (metrics.jsonl, step-*/ checkpoints, last, best)."""
+def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
+          on_record=None, stop=None) -> dict:
+    """Train `cfg` into RUN_DIR `out_dir` (metrics.jsonl, step-*/ checkpoints, last, best).
+
+    on_record(record): called on rank 0 with every record written to metrics.jsonl (step and
+    epoch records). stop: a threading.Event-like object checked after every step; once set, the
+    run saves a checkpoint and returns normally with "stopped": True.
+    """
     from tqdm.auto import tqdm
 
     from .data.dataset import AVDataset
@@ -207,7 +254,10 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
 
     _seed_all(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg, classes)
-    _init_weights(model, cfg)
+    _init_weights(model, cfg, classes)
+    if cfg.loss.aux_ce > 0 and not getattr(model, "aux_heads", False):
+        raise ConfigError("loss.aux_ce > 0 needs an audio+video bottleneck model with "
+                          "model_args.aux_heads: true")
     if tc.grad_checkpoint:  # recompute block activations in backward: less memory, ~30 % slower
         if hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
@@ -279,6 +329,8 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         if main:
             log.write(json.dumps(record) + "\n")
             log.flush()
+            if on_record is not None:
+                on_record(record)
             if tb:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k not in ("step", "epoch"):
@@ -300,6 +352,7 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         _prune(run_dir, tc.keep_last)
 
     val_report, train_stats, done = {}, {}, bool(tc.max_steps and step >= tc.max_steps)
+    stopped = False
     while epoch <= tc.epochs and not done:
         sampler.set_epoch(epoch)
         sampler.skip = pos * tc.batch_size  # mid-epoch resume: skip what was already seen
@@ -353,6 +406,8 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
                        "samples_per_s": rate})
             if tc.max_steps and step >= tc.max_steps:
                 done = True
+            if stop is not None and stop.is_set():
+                done = stopped = True
             epoch_end = pos >= steps_per_epoch
             if (done or (tc.save_every_steps and step % tc.save_every_steps == 0)) \
                     and not epoch_end:
@@ -401,6 +456,7 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
             **({"val_" + k: val_report[k] for k in ("top1", "top5", "clips", "skipped")
                 if k in val_report}),
             "best_top1": best if best >= 0 else None, "seconds": round(time.time() - t0, 1),
+            "stopped": stopped,
             "world_size": world, "device": str(device), "weights_sha256": _weights_hash(net)}
 
 

@@ -51,9 +51,10 @@ def flatten_views(inputs: dict) -> tuple[dict, int]:
 @torch.inference_mode()
 def run_eval(model, dataset, classes: dict[str, list[str]], *, batch_size: int,
              device: torch.device, amp: bool = True, num_workers: int = 0,
-             progress: bool = False, desc: str = "eval") -> dict:
+             progress: bool = False, desc: str = "eval", keep_probs: bool = False) -> dict:
     """Top-1/top-5 (+ verb/noun/action), per-class accuracy, confusion matrix, with the softmax
-    averaged over the dataset's views; broken clips are counted, not fatal."""
+    averaged over the dataset's views; broken clips are counted, not fatal. keep_probs adds
+    "probs" and "labels" ({head: tensor}) for late fusion of several models' outputs."""
     from tqdm.auto import tqdm
 
     from .data.dataset import collate_skip_broken
@@ -103,6 +104,8 @@ def run_eval(model, dataset, classes: dict[str, list[str]], *, batch_size: int,
     report = accuracy_report(probs, labels, classes)
     report.update(clips=int(len(labels[next(iter(classes))])), skipped=skipped,
                   skipped_paths=[str(p) for p in skipped_paths], views=views)
+    if keep_probs:
+        report.update(probs=probs, labels=labels)
     return report
 
 

@@ -122,6 +122,9 @@ def compute_losses(out: ModelOutput, labels: Mapping[str, Tensor], *, cfg: LossC
         ce = cross_entropy(out.head_logits, labels, cfg.label_smoothing)
     lam = lambda_at(epoch, cfg.lambda_schedule)
     terms: dict[str, Tensor] = {"ce": ce}
+    if cfg.aux_ce > 0 and out.unimodal_logits:  # CE on E_CLS^V and E_CLS^A alone, averaged
+        terms["aux_ce"] = torch.stack([cross_entropy(h, labels, cfg.label_smoothing)
+                                       for h in out.unimodal_logits.values()]).mean()
     both = out.audio_proj is not None and out.video_proj is not None
     if cfg.avc and both:
         terms["avc"] = supervised_avc(out.audio_proj, out.video_proj, labels, cfg.tau)
@@ -134,6 +137,8 @@ def compute_losses(out: ModelOutput, labels: Mapping[str, Tensor], *, cfg: LossC
         if cfg.imal and (imal := _imc_terms(out, out2, lambda x, y: instance_imal(x, y, cfg.tau))):
             terms["imal"] = torch.stack(imal).mean()
     total = ce * cfg.ce
+    if "aux_ce" in terms:
+        total = total + cfg.aux_ce * terms["aux_ce"]
     for k in ("avc", "al", "imc", "imal"):
         if k in terms:
             total = total + lam * terms[k]

@@ -146,9 +146,10 @@ def test_init_from_a_video_and_an_audio_checkpoint_fills_both_encoders(synth_dir
         uni[name] = ckpt.load_checkpoint(res["last"])[0].state_dict()
     cfg = tiny_cfg(man, f"train.init={tmp_path / 'mvit_tiny_video' / 'last'},"
                         f"{tmp_path / 'mat_tiny' / 'last'}")
-    model = build_model(cfg, {"label": [str(i) for i in range(6)]})
+    classes = {"label": [str(i) for i in range(6)]}  # not the checkpoints' class names
+    model = build_model(cfg, classes)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    _init_weights(model, cfg)
+    _init_weights(model, cfg, classes)
     state = model.state_dict()
     for prefix, src in (("video.", uni["mvit_tiny_video"]), ("audio.", uni["mat_tiny"])):
         keys = [k for k in state if k.startswith(prefix)]

@@ -52,14 +52,20 @@ def _square(frames: np.ndarray, side: int) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().numpy()  # (T, side, side, 3)
 
 
+def cache_geometry(data_cfg) -> tuple[float, int]:
+    """(fps, side) of the cached frames for a DataConfig: 4 frames per sampled frame interval,
+    and a square a bit larger than image_size so random crops still have room."""
+    fps = float(min(25.0, max(4.0, 4 * data_cfg.num_frames / data_cfg.clip_seconds)))
+    return fps, int(2 * round(data_cfg.image_size * 8 / 7 / 2))  # 224 -> 256, 112 -> 128
+
+
 def build_cache(data_cfg, out_dir: str | Path, split: str = "train", progress: bool = True,
                 fps: float | None = None, side: int | None = None) -> dict:
     """Decode every clip of `split` of data_cfg.manifest once into out_dir (see module doc)."""
     cfg = data_cfg
     if not cfg.manifest:
         raise UserError("data.manifest is empty: set it in the recipe or with --set data.manifest=...")
-    fps = float(fps or min(25.0, max(4.0, 4 * cfg.num_frames / cfg.clip_seconds)))
-    side = int(side or 2 * round(cfg.image_size * 8 / 7 / 2))  # 224 -> 256, 112 -> 128
+    fps, side = float(fps or cache_geometry(cfg)[0]), int(side or cache_geometry(cfg)[1])
     m = read_manifest(cfg.manifest, format=cfg.format, root=cfg.root, split=split)
     if not m.records:
         raise UserError(f"no clips in split '{split}' of {cfg.manifest}")

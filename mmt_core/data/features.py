@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,3 +119,44 @@ def _accumulate(records, sample_rate, num_mel_bins, max_seconds, progress):
     if progress:
         print(file=sys.stderr)
     return s1, s2, total, clips, skipped
+
+
+def stats_cache_dir() -> Path:
+    """Where computed statistics are kept: $MMT_CACHE/stats (default ~/.cache/mmt/stats)."""
+    root = os.environ.get("MMT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mmt")
+    return Path(root) / "stats"
+
+
+def cached_dataset_stats(manifest: str, split: str = "train", *, progress: bool = True,
+                         sample_rate: int = 16000, num_mel_bins: int = 128,
+                         max_seconds: float = 10.0) -> dict:
+    """dataset_stats of a plain manifest split, cached under stats_cache_dir() by the content of
+    that split (its rows, each file's size and mtime) and the fbank settings. The result has
+    "cached": True when it came from the cache."""
+    from .manifests import read_manifest
+
+    m = read_manifest(manifest, split=split)
+    h = hashlib.sha256(json.dumps([sample_rate, num_mel_bins, max_seconds]).encode())
+    for r in sorted(m.records, key=lambda r: (r.path, r.start or 0.0)):
+        try:
+            st = os.stat(r.path)
+            sig = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            sig = None
+        h.update(json.dumps([r.path, r.start, r.end, sig]).encode())
+    f = stats_cache_dir() / f"{h.hexdigest()[:32]}.json"
+    if f.is_file():
+        try:
+            return {**json.loads(f.read_text()), "cached": True}
+        except (OSError, ValueError):
+            pass  # unreadable: recompute and overwrite
+    res = dataset_stats(str(manifest), split=split, progress=progress, sample_rate=sample_rate,
+                        num_mel_bins=num_mel_bins, max_seconds=max_seconds)
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(res))
+        os.replace(tmp, f)
+    except OSError:
+        pass  # a read-only home: the statistics are still returned, only not kept
+    return {**res, "cached": False}

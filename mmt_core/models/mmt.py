@@ -32,7 +32,8 @@ class MMT(nn.Module):
     def __init__(self, *, video: EncoderConfig | None = None, audio: EncoderConfig | None = None,
                  num_classes: int | dict[str, int], modalities: str = "av",
                  fusion: str = "bottleneck", fusion_blocks: int = 4, fusion_tokens: int = 4,
-                 proj_dim: int = 256, drop_path: float = 0.0, dropout: float = 0.0):
+                 proj_dim: int = 256, drop_path: float = 0.0, dropout: float = 0.0,
+                 aux_heads: bool = False, modality_dropout: float = 0.0):
         super().__init__()
         if modalities not in ("av", "a", "v", "image"):
             raise ValueError(f"modalities must be 'av', 'a', 'v' or 'image', got {modalities!r}")
@@ -40,6 +41,8 @@ class MMT(nn.Module):
             raise ValueError(f"fusion must be 'bottleneck' or 'avg', got {fusion!r}")
         if proj_dim < 1 or not 0.0 <= dropout < 1.0 or not 0.0 <= drop_path < 1.0:
             raise ValueError("need proj_dim >= 1 and dropout, drop_path in [0, 1)")
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
         want_v, want_a = modalities in ("av", "v", "image"), modalities in ("av", "a")
         if (want_v and video is None) or (want_a and audio is None):
             raise ValueError(f"modalities {modalities!r} needs the matching encoder config(s)")
@@ -66,6 +69,15 @@ class MMT(nn.Module):
             self.audio_heads = nn.ModuleDict({h: nn.Linear(da, n) for h, n in heads.items()})
         else:  # one classifier on [E_CLS^V, E_CLS^A] (or the one modality present)
             self.heads = nn.ModuleDict({h: nn.Linear(dv + da, n) for h, n in heads.items()})
+        # Own-data options of the fused model (off by default, the paper has neither):
+        # aux_heads: a head on E_CLS^V alone and one on E_CLS^A alone (loss.aux_ce weighs them);
+        # modality_dropout p: in training, a sample loses one modality's class embedding (zeros
+        # in the fused head's input) with probability p, half the time each modality.
+        self.aux_heads = aux_heads and self.fusion == "bottleneck"
+        self.modality_dropout = modality_dropout if self.fusion == "bottleneck" else 0.0
+        if self.aux_heads:
+            self.video_heads = nn.ModuleDict({h: nn.Linear(dv, n) for h, n in heads.items()})
+            self.audio_heads = nn.ModuleDict({h: nn.Linear(da, n) for h, n in heads.items()})
         self.video_proj = nn.Linear(dv, proj_dim) if self.video is not None else None  # g_V
         self.audio_proj = nn.Linear(da, proj_dim) if self.audio is not None else None  # g_A
         for m in (self.video_proj, self.audio_proj, *self._head_modules()):
@@ -74,9 +86,10 @@ class MMT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _head_modules(self):
-        if self.fusion == "avg":
-            return [*self.video_heads.values(), *self.audio_heads.values()]
-        return list(self.heads.values())
+        heads = list(self.heads.values()) if self.fusion != "avg" else []
+        if self.fusion == "avg" or self.aux_heads:
+            heads += [*self.video_heads.values(), *self.audio_heads.values()]
+        return heads
 
     def _inputs(self, video, audio, image) -> dict[str, Tensor]:
         given = {k: v for k, v in (("video", video), ("audio", audio), ("image", image)) if v is not None}
@@ -117,8 +130,17 @@ class MMT(nn.Module):
             out.aux_logits = {"video": lv, "audio": la}
             out.head_logits = {h: (lv[h] + la[h]) / 2 for h in lv}
         else:
+            if self.training and self.modality_dropout > 0 and v_emb is not None \
+                    and a_emb is not None:
+                keep_v, keep_a = modality_keep(v_emb.shape[0], self.modality_dropout,
+                                               v_emb.device)
+                out.video_embed, out.audio_embed = v_emb * keep_v[:, None], a_emb * keep_a[:, None]
             feats = self.dropout(out.fused_embed)  # [E_CLS^V, E_CLS^A], (B, D_v + D_a)
             out.head_logits = {h: m(feats) for h, m in self.heads.items()}
+            if self.aux_heads:
+                out.unimodal_logits = {
+                    "video": {h: m(self.dropout(v_emb)) for h, m in self.video_heads.items()},
+                    "audio": {h: m(self.dropout(a_emb)) for h, m in self.audio_heads.items()}}
         return out
 
     def cam_target(self, modality: str, block: int = -2) -> tuple[nn.Module, callable]:
@@ -138,10 +160,20 @@ class MMT(nn.Module):
         return enc.blocks[idx], reshape
 
 
+def modality_keep(batch: int, p: float, device=None) -> tuple[Tensor, Tensor]:
+    """(keep_video, keep_audio) float masks (B,): with probability p a sample drops exactly one
+    modality (video or audio, equally likely); never both."""
+    r = torch.rand(batch, device=device)
+    drop_v = r < p / 2
+    drop_a = (r >= p / 2) & (r < p)
+    return (~drop_v).float(), (~drop_a).float()
+
+
 def build_mmt(*, video: EncoderConfig | None, audio: EncoderConfig | None, num_classes,
               modalities: str, **options) -> MMT:
     """Build with keyword checking that names the accepted options."""
-    allowed = {"fusion", "fusion_blocks", "fusion_tokens", "proj_dim", "drop_path", "dropout"}
+    allowed = {"fusion", "fusion_blocks", "fusion_tokens", "proj_dim", "drop_path", "dropout",
+               "aux_heads", "modality_dropout"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown model options {unknown}; accepted: {sorted(allowed)} and "

@@ -21,6 +21,9 @@ class ModelOutput:
     # Late-fusion ("avg") models: each modality's own head logits, {"audio": {...}, "video": {...}};
     # the loss puts cross-entropy on each, head_logits is their average.
     aux_logits: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    # Fused (bottleneck) models with aux_heads: a linear head on E_CLS^V alone and one on E_CLS^A
+    # alone, {"audio": {...}, "video": {...}}; loss.aux_ce weighs their cross-entropy.
+    unimodal_logits: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
     @property
     def logits(self) -> Tensor:
