@@ -58,6 +58,10 @@ def fit(embeddings: dict[str, np.ndarray], *, k: int = K, quantile: float = QUAN
     {modality: float}, "k", "quantile", "n"}."""
     if not embeddings:
         raise ValueError("no reference embeddings")
+    n = min(len(x) for x in embeddings.values())
+    if n < 2:
+        raise ValueError(f"need a reference set of at least 2 clips, got {n}")
+    k = min(k, n - 1)  # the same k for the leave-one-out scores and for new clips
     ref, thr = {}, {}
     for m, x in embeddings.items():
         ref[m] = normalise(x)
@@ -77,6 +81,9 @@ def score(embedding: dict[str, np.ndarray], ref: dict) -> dict:
         if m not in embedding:
             continue
         x = normalise(np.asarray(embedding[m], np.float32).reshape(1, -1))
+        if x.shape[1] != r.shape[1]:
+            raise ValueError(f"the {m} reference has {r.shape[1]}-d embeddings, the clip "
+                             f"{x.shape[1]}-d: ood.safetensors belongs to another model")
         s, t = float(knn_scores(x, r, ref["k"])[0]), ref["thresholds"][m]
         per[m] = {"score": round(s, 4), "threshold": round(t, 4), "flagged": bool(s > t)}
     if not per:
