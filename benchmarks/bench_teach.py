@@ -45,13 +45,16 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--clips", type=int, default=6, help="clips per class")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the app uses 1)")
-    p.add_argument("--epochs", type=int, default=None, help="default: the own-data recipes'")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="per model (default: the Teach tab's, workbench.teach.EPOCHS)")
     p.add_argument("--checkpoints", default="checkpoints")
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(a.threads)
-    from workbench.teach import TeachJob
+    import resource
+
+    from workbench.teach import TeachJob, teach_epochs
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_teach_") as tmp:
@@ -59,16 +62,23 @@ def main() -> None:
         t0 = time.perf_counter()
         counts = make_clips(tmp / "clips", a.classes, a.clips)
         t_make = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        job = TeachJob.start(tmp / "clips", tmp / "job", Path(a.checkpoints), epochs=a.epochs)
+        t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        job = TeachJob.start(tmp / "clips", tmp / "job", Path(a.checkpoints),
+                             epochs=a.epochs or teach_epochs())
         job.thread.join()
         seconds = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         snap = job.snapshot()
     if snap["status"] != "done":
         raise SystemExit(f"training {snap['status']}: {snap['error']}")
     r = snap["result"]
     print(json.dumps({
         "teach_seconds": round(seconds, 1), "target_seconds": 120,
+        # CPU seconds of this process: on a shared machine, cpu / threads is what the run
+        # would take on idle cores (the wall clock above includes waiting for other jobs)
+        "teach_cpu_seconds": round(cpu, 1),
+        "idle_estimate_seconds": round(cpu / a.threads, 1),
         "classes": len(counts), "clips": sum(counts.values()), "clip_seconds": "3-5",
         "epochs": snap["plan"], "val_clips": r.get("val_clips"),
         "val_top1": {"mmt": r.get("val_top1"), "audio": r.get("audio_val_top1"),

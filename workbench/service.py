@@ -68,6 +68,7 @@ class Workbench:
         self._ood: dict[str, dict | None] = {}  # checkpoint dir -> ood reference
         # (model set, sha256 of the file, window start) -> (Prepared, results)
         self._prepared: OrderedDict = OrderedDict()
+        self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
         self.teach_dir = self.cache_dir / "teach"
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
         self.job: teaching.TeachJob | None = None
@@ -117,6 +118,8 @@ class Workbench:
                 del self._explorers[key]
             for key in [k for k in self._prepared if k[0] == name]:
                 del self._prepared[key]
+            for key in [k for k in self._timelines if k[0] == name]:
+                del self._timelines[key]
             self._ood.clear()
 
     @property
@@ -307,6 +310,9 @@ class Workbench:
 
         p = self.check_clip(path)
         with self._lock:
+            key = (self.active, emb.file_hash(p), stride)
+            if key in self._timelines:
+                return self._timelines[key]
             models = self.models
             clips_by_key, probs = {}, {}
             for role, m in models.items():
@@ -324,10 +330,14 @@ class Workbench:
                 probs[role] = window_probs(m.model, m.meta, clips)
             first = clips_by_key[next(iter(clips_by_key))]
             window = models["mmt"].meta["preprocessing"]["clip_seconds"]
-        return {"starts": [c.start for c in first],
-                "ends": [min(c.duration, c.start + window) for c in first],
-                "window_seconds": window, "duration": first[0].duration,
-                "class_names": self.class_names, "probs": probs}
+            res = {"starts": [c.start for c in first],
+                   "ends": [min(c.duration, c.start + window) for c in first],
+                   "window_seconds": window, "duration": first[0].duration,
+                   "class_names": self.class_names, "probs": probs}
+            self._timelines[key] = res
+            while len(self._timelines) > 4:
+                self._timelines.pop(next(iter(self._timelines)))
+            return res
 
     def explain(self, path, target: str | None = None, block: int = -2,
                 start: float | None = None) -> dict:
