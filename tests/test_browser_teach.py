@@ -38,6 +38,8 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
                   "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            console = []  # shown when the test fails
+            page.on("console", lambda m: console.append(m.text))
             page.goto(app.url)
             # Demo models first: a long clip's timeline, a click on it jumps to a later window.
             page.locator("#clip input[type=file]").set_input_files(str(long))
@@ -46,7 +48,9 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             expect(plot).to_be_attached(timeout=180_000)
             expect(page.locator("#timeline-md")).to_contain_text("6 windows", timeout=60_000)
             page.wait_for_timeout(1500)  # the click relay attaches after the plot is drawn
-            box = page.locator("#timeline .nsewdrag").first.bounding_box()
+            drag = page.locator("#timeline .nsewdrag").first  # the MMT row's plot area
+            drag.scroll_into_view_if_needed()
+            box = drag.bounding_box()
             page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + 0.5 * box["height"])
             number = page.locator("#window-start input[type=number]")
             expect(number).not_to_have_value("0", timeout=120_000)
@@ -77,5 +81,6 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             expect(page.locator("#models-md")).to_contain_text("taught", timeout=60_000)
             page.screenshot(path=str(art / "workbench_taught_predict.png"), full_page=True)
         finally:
+            print("\n".join(console[-30:]))
             browser.close()
     assert (art / "workbench_teach.png").stat().st_size > 20_000

@@ -35,19 +35,22 @@ then **Train**. The audio-only and video-only models are fine-tuned from the shi
 then the MMT from those two; every tab then uses the taught models (switch back with *Models*)."""
 # The hidden click relay of the timeline: a plotly click writes the clicked time into
 # #timeline-click and presses #timeline-jump (gr.Plot has no click event of its own).
-TIMELINE_CLICK_JS = """() => { setTimeout(() => {
-  const el = document.querySelector('#timeline .js-plotly-plot');
-  if (!el || el._mmtHooked || !el.on) return;
-  el._mmtHooked = true;
-  el.on('plotly_click', (d) => {
-    const box = document.querySelector('#timeline-click textarea, #timeline-click input');
-    if (!box || !d.points.length) return;
-    const set = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(box), 'value').set;
-    set.call(box, String(d.points[0].x));
-    box.dispatchEvent(new Event('input', {bubbles: true}));
-    setTimeout(() => document.querySelector('#timeline-jump').click(), 100);
-  });
-}, 800); }"""
+TIMELINE_CLICK_JS = """() => {
+  const hook = () => {
+    const el = document.querySelector('#timeline .js-plotly-plot');
+    if (!el || el._mmtHooked || typeof el.on !== 'function') return;
+    el._mmtHooked = true;
+    el.on('plotly_click', (d) => {
+      const box = document.querySelector('#timeline-click textarea, #timeline-click input');
+      if (!box || !d.points.length) return;
+      const set = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(box), 'value').set;
+      set.call(box, String(d.points[0].x));
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+      setTimeout(() => document.querySelector('#timeline-jump').click(), 300);
+    });
+  };
+  setInterval(hook, 500);  // each new timeline is a new plot element: hook it once drawn
+}"""
 
 
 def _user_errors(fn):
@@ -527,7 +530,6 @@ def wire_timeline(clip, plot, slider, md, click, btn, target, layer, frames,
     hidden = {"api_visibility": "private"}
     # every new clip (upload, example, API) gets its timeline; clearing the clip clears it
     clip.change(timeline, clip, [plot, slider, md], api_name="timeline")
-    plot.change(None, None, None, js=TIMELINE_CLICK_JS)
     jump_out = [frames, *explain_out[:2], explain_out[2], explain_out[3], slider]
     slider.release(jump, [clip, slider, target, layer], jump_out, api_name="window")
     btn.click(_click_to_start, [click, clip], slider, api_name="timeline_click", **hidden) \
@@ -639,5 +641,6 @@ def build_demo() -> gr.Blocks:
         models.change(switch_models, models, [models_md, target], api_name="models")
         wire_teach(teach, models, target, models_md)
         demo.load(page_models, None, [models, models_md], api_name="page_models", **hidden)
+        demo.load(None, None, None, js=TIMELINE_CLICK_JS)  # the timeline's click relay
         demo.load(ablations, None, [abl_table, abl_plot, abl_md], api_name="page_ablations", **hidden)
     return demo
