@@ -56,7 +56,8 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             expect(number).not_to_have_value("0", timeout=120_000)
             assert float(number.input_value()) >= 4.0  # a window in the clip's second half
             page.screenshot(path=str(art / "workbench_timeline.png"), full_page=True)
-            # A foreign clip: the note beside the prediction.
+            # A foreign clip: the note beside the prediction (a fresh page: an empty upload box).
+            page.goto(app.url)
             page.locator("#clip input[type=file]").set_input_files(str(noise))
             expect(page.locator("#status")).to_contain_text("Unlike the training data",
                                                             timeout=180_000)
@@ -73,7 +74,7 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             expect(page.locator("#teach-plot .js-plotly-plot")).to_be_attached(timeout=60_000)
             page.screenshot(path=str(art / "workbench_teach.png"), full_page=True)
             # Predict now answers with the taught classes.
-            page.get_by_role("tab", name="Predict").click()
+            page.goto(app.url)
             page.locator("#clip input[type=file]").set_input_files(str(pairs[0][0]))
             for role in ("mmt", "audio", "video"):
                 for name in TAUGHT:
