@@ -118,8 +118,12 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
-    from .inference import predict_file
+    from .inference import predict_file, predict_windows
 
+    if a.windows:
+        return predict_windows(a.clip, a.checkpoint, stride=a.stride, topk=a.topk)
+    if a.stride is not None:
+        raise UserError("--stride needs --windows")
     return predict_file(a.clip, a.checkpoint, topk=a.topk)
 
 
@@ -221,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("clip")
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--topk", type=int, default=5)
+    sp.add_argument("--windows", action="store_true",
+                    help="a clip longer than the model's window: top-k of every sliding window")
+    sp.add_argument("--stride", type=float, default=None,
+                    help="seconds between window starts with --windows (default: half a window)")
 
     sp = add("bench", cmd_bench, "throughput, GFLOPs, MFU and memory of models on one device")
     sp.add_argument("--models", default="mat_b,ast_b")

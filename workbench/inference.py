@@ -73,8 +73,9 @@ def _decode_key(pre: dict) -> tuple:
 
 
 def prepare(path: str | Path, models: dict[str, LoadedModel], *,
-            max_seconds: float | None = None) -> Prepared:
-    """Decode `path` once per distinct decode setting and build every model's inputs.
+            max_seconds: float | None = None, start: float | None = None) -> Prepared:
+    """Decode `path` once per distinct decode setting and build every model's inputs: the
+    centre window, or the window starting at `start` seconds (a timeline window).
 
     Raises MediaError (a one-line, user-facing message) for a file that is not a usable video.
     """
@@ -96,7 +97,9 @@ def prepare(path: str | Path, models: dict[str, LoadedModel], *,
         if key not in clips:
             clips[key] = media.decode(path, num_frames=pre["num_frames"],
                                       clip_seconds=pre["clip_seconds"],
-                                      sample_rate=pre["sample_rate"], view=0, num_views=1,
+                                      sample_rate=pre["sample_rate"],
+                                      **({"view": 0, "num_views": 1} if start is None
+                                         else {"start": start}),
                                       max_seconds=pre.get("max_clip_seconds", 600.0))
         inputs[m.name] = clip_inputs(clips[key], m.meta, m.modalities)
     # The normalised fbank shown in the app: the first audio model's input, else computed.

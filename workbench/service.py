@@ -5,6 +5,10 @@ predict / explain / embed results as numpy arrays and plotly figures.
 synthetic test split, generated once into the cache dir), each model's reference embeddings and
 projections (workbench.embeddings), and the last few prepared clips, so the Predict, Explain and
 Embeddings results of one upload decode and run the models once.
+
+Two model sets: "demo" (checkpoints/) and "taught" (CACHE/teach/taught/, written by the Teach
+tab or /teach, or restored from a zip). `use(name)` switches the server-wide active set that
+every tab and endpoint answers with; one teach run at a time trains in a background thread.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from mmt_core.errors import MediaError, UserError
 
 from . import embeddings as emb
 from . import gradcam
+from . import teach as teaching
 from .inference import DEMO_MODELS, LoadedModel, load_models, predict_prepared, prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,23 +61,66 @@ class Workbench:
                                                             reference_clips_per_class))
         self.seed = seed
         self._lock = threading.RLock()
-        self._models: dict[str, LoadedModel] | None = None
-        self._explorers: dict[str, emb.ReferenceEmbeddings] = {}
-        self._records = None
-        self._prepared: OrderedDict = OrderedDict()  # sha256 of the file -> (Prepared, results)
+        self.active = "demo"  # the model set every tab and endpoint uses: "demo" | "taught"
+        self._sets: dict[str, dict[str, LoadedModel]] = {}  # loaded model sets
+        self._explorers: dict[tuple, emb.ReferenceEmbeddings] = {}
+        self._records: dict[str, list] = {}
+        self._ood: dict[str, dict | None] = {}  # checkpoint dir -> ood reference
+        # (model set, sha256 of the file, window start) -> (Prepared, results)
+        self._prepared: OrderedDict = OrderedDict()
+        self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
+        self.teach_dir = self.cache_dir / "teach"
+        self.clips = teaching.ClipStore(self.teach_dir / "sessions")
+        self.job: teaching.TeachJob | None = None
 
     # ------------------------------------------------------------------ loading
     @property
+    def taught_dir(self) -> Path:
+        return self.teach_dir / "taught"
+
+    def has_taught(self) -> bool:
+        return all((self.taught_dir / n / "model.safetensors").is_file()
+                   for n in DEMO_MODELS.values())
+
+    def use(self, name: str) -> str:
+        """Make `name` ("demo" | "taught") the model set every tab and endpoint answers with."""
+        if name not in ("demo", "taught"):
+            raise UserError(f"unknown model set {name!r}; choose demo or taught")
+        if name == "taught" and not self.has_taught():
+            raise UserError("no taught models yet: teach some classes first (Teach tab)")
+        with self._lock:
+            self.active = name
+        return name
+
+    def _set_root(self, name: str) -> Path:
+        return self.checkpoints if name == "demo" else self.taught_dir
+
+    @property
     def models(self) -> dict[str, LoadedModel]:
         with self._lock:
-            if self._models is None:
-                missing = [n for n in DEMO_MODELS.values() if not (self.checkpoints / n).is_dir()]
+            name = self.active
+            if name not in self._sets:
+                root = self._set_root(name)
+                missing = [n for n in DEMO_MODELS.values() if not (root / n).is_dir()]
                 if missing:
-                    raise UserError(f"demo checkpoints missing under {self.checkpoints}: "
+                    raise UserError(f"{name} checkpoints missing under {root}: "
                                     f"{', '.join(missing)} (train them with `make demo` or "
                                     f"set MMT_CHECKPOINTS)")
-                self._models = load_models(self.checkpoints)
-            return self._models
+                self._sets[name] = load_models(root)
+            return self._sets[name]
+
+    def _forget(self, name: str) -> None:
+        """Drop everything cached for model set `name` (it was retrained or restored)."""
+        with self._lock:
+            self._sets.pop(name, None)
+            self._records.pop(name, None)
+            for key in [k for k in self._explorers if k[0] == name]:
+                del self._explorers[key]
+            for key in [k for k in self._prepared if k[0] == name]:
+                del self._prepared[key]
+            for key in [k for k in self._timelines if k[0] == name]:
+                del self._timelines[key]
+            self._ood.clear()
 
     @property
     def class_names(self) -> list[str]:
@@ -83,9 +131,13 @@ class Workbench:
         return self._synthetic("examples", 1, EXAMPLES_SEED)
 
     def reference_records(self):
-        """The built-in test split (clips_per_class per class), labels in the models' order."""
+        """The reference clips of the Embeddings tab, labels in the models' order: the built-in
+        test split (clips_per_class per class) for the demo models, the taught clips for the
+        taught ones."""
         with self._lock:
-            if self._records is None:
+            if self.active == "taught" and "taught" not in self._records:
+                self._records["taught"] = self._taught_records()
+            if self.active == "demo" and "demo" not in self._records:
                 from mmt_core.data.manifests import read_manifest
 
                 paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
@@ -94,10 +146,21 @@ class Workbench:
                 if set(names) - set(order):
                     raise UserError("the demo checkpoints were not trained on the built-in classes")
                 keep = {str(p) for p in paths}
-                self._records = [
+                self._records["demo"] = [
                     dataclasses.replace(r, labels={"label": order.index(names[r.labels["label"]])})
                     for r in man.records if r.path in keep]
-            return self._records
+            return self._records[self.active]
+
+    def _taught_records(self):
+        """The clips the taught models were trained and validated on (that still exist)."""
+        from mmt_core.data.manifests import read_manifest
+
+        meta = self.models["mmt"].meta
+        manifest = Path(meta["data"].get("manifest") or "")
+        if not manifest.is_file():
+            return []
+        man = read_manifest(manifest, format="plain")
+        return [r for r in man.records if Path(r.path).is_file()]
 
     def _synthetic(self, split: str, clips_per_class: int, seed: int) -> list[Path]:
         from mmt_core.data.synthetic import CLASSES, write_dataset
@@ -113,12 +176,17 @@ class Workbench:
 
     def explorer(self, role: str) -> emb.ReferenceEmbeddings:
         with self._lock:
-            if role not in self._explorers:
+            key = (self.active, role)
+            if key not in self._explorers:
                 m = self.models[role]
-                self._explorers[role] = emb.ReferenceEmbeddings(
-                    m.dir, self.reference_records(), cache_dir=self.cache_dir, model=m.model,
+                records = self.reference_records()
+                if len(records) < 4:
+                    raise UserError("the taught models' clips are not on this server (restored "
+                                    "from a zip?): no reference set to project")
+                self._explorers[key] = emb.ReferenceEmbeddings(
+                    m.dir, records, cache_dir=self.cache_dir, model=m.model,
                     meta=m.meta, seed=self.seed)
-            return self._explorers[role]
+            return self._explorers[key]
 
     def warmup(self, methods=("umap",), log=print) -> dict:
         """Load everything a first request needs (and JIT-compile UMAP) so requests are fast."""
@@ -152,26 +220,65 @@ class Workbench:
                             f"{self.max_mb:g} MB")
         return p
 
-    def prepared(self, path):
-        """(Prepared, per-role results) of a clip, cached for the last 4 clips."""
+    def check_clip(self, path) -> Path:
+        """A clip the app accepts (size, duration, a video stream), else a one-line UserError."""
+        from mmt_core.data.media import probe
+
+        p = self._check_upload(path)
+        try:
+            info = probe(p)
+        except MediaError as e:
+            raise MediaError(str(e).replace(str(p), p.name)) from None
+        if not info.has_video:
+            raise MediaError(f"{p.name} has no video stream; add video clips "
+                             "(mp4, webm, mkv, mov, avi)")
+        if info.duration > self.max_seconds:
+            raise MediaError(f"{p.name} is {info.duration:.1f} s long; this workbench accepts "
+                             f"clips up to {self.max_seconds:g} s")
+        return p
+
+    def prepared(self, path, start: float | None = None):
+        """(Prepared, per-role results) of a clip (centre window, or the window at `start` s),
+        cached for the last 4."""
         p = self._check_upload(path)
         # By content: each API call re-uploads the clip (a new file, same bytes).
-        key = emb.file_hash(p)
         with self._lock:
+            key = (self.active, emb.file_hash(p), None if start is None else round(start, 3))
             if key in self._prepared:
                 self._prepared.move_to_end(key)
                 return self._prepared[key]
             models = self.models
             try:
-                prep = prepare(p, models, max_seconds=self.max_seconds)
+                prep = prepare(p, models, max_seconds=self.max_seconds, start=start)
             except MediaError as e:
                 # media messages name the server-side temp path; the user knows their file
                 raise MediaError(str(e).replace(str(p), p.name)) from None
             value = (prep, predict_prepared(prep, models, topk=len(self.class_names)))
+            self._ood_notes(prep, value[1], models)
             self._prepared[key] = value
             while len(self._prepared) > 4:
                 self._prepared.popitem(last=False)
             return value
+
+    def _ood_notes(self, prep, results: dict, models: dict) -> None:
+        """Add the MMT's "unlike the training data" verdict to results and a note to prep."""
+        from mmt_core import ood
+
+        m, r = models["mmt"], results["mmt"]
+        key = str(m.dir)
+        if key not in self._ood:
+            self._ood[key] = ood.load(m.dir)
+        if self._ood[key] is None or r["output"] is None:
+            return
+        res = ood.score({k: v[0] for k, v in ood.embeddings_of(r["output"]).items()},
+                        self._ood[key])
+        r["ood"] = res
+        if res["flagged"]:
+            prep.notes.append(
+                f"⚠ **Unlike the training data**: this clip's {res['modality']} is farther "
+                f"from the {self.active} models' reference clips (k-NN distance "
+                f"{res['score']:.2f}) than 99 % of those clips are from each other "
+                f"({res['threshold']:.2f}); the predictions below may be meaningless.")
 
     def predict(self, path, topk: int = 5) -> dict:
         """{"probs": {role: {label: prob} or None}, "frames", "fbank", "notes", "timing"}."""
@@ -187,16 +294,60 @@ class Workbench:
             probs[role] = {names[i]: float(r["probs"][i]) for i in order}
         return {"probs": probs, "frames": prep.clip.frames, "times": prep.clip.times,
                 "fbank": prep.fbank.numpy(), "notes": list(prep.notes), "has_audio": prep.has_audio,
+                "ood": results["mmt"].get("ood"), "models": self.active,
                 "timing_s": time.perf_counter() - t0}
 
-    def explain(self, path, target: str | None = None, block: int = -2) -> dict:
+    def frames_at(self, path, start: float):
+        """(frames uint8 (T,H,W,3), times) of the window starting at `start` seconds."""
+        prep, _ = self.prepared(path, start=start)
+        return prep.clip.frames, prep.clip.times
+
+    def timeline(self, path, stride: float | None = None) -> dict:
+        """Per-window probabilities of MMT, audio-only and video-only over the whole clip:
+        {"starts": [K], "ends": [K], "window_seconds", "class_names", "probs": {role: (K, C) or
+        None}, "duration"}. Each distinct decode setting decodes the clip once."""
+        from mmt_core.inference import window_clips, window_probs
+
+        p = self.check_clip(path)
+        with self._lock:
+            key = (self.active, emb.file_hash(p), stride)
+            if key in self._timelines:
+                return self._timelines[key]
+            models = self.models
+            clips_by_key, probs = {}, {}
+            for role, m in models.items():
+                pre = m.meta["preprocessing"]
+                key = (pre["num_frames"], pre["clip_seconds"], pre["sample_rate"], pre["image_size"])
+                if key not in clips_by_key:
+                    try:
+                        clips_by_key[key] = window_clips(p, m.meta, stride)
+                    except MediaError as e:
+                        raise MediaError(str(e).replace(str(p), p.name)) from None
+                clips = clips_by_key[key]
+                if "v" not in m.modalities and not clips[0].has_audio:
+                    probs[role] = None
+                    continue
+                probs[role] = window_probs(m.model, m.meta, clips)
+            first = clips_by_key[next(iter(clips_by_key))]
+            window = models["mmt"].meta["preprocessing"]["clip_seconds"]
+            res = {"starts": [c.start for c in first],
+                   "ends": [min(c.duration, c.start + window) for c in first],
+                   "window_seconds": window, "duration": first[0].duration,
+                   "class_names": self.class_names, "probs": probs}
+            self._timelines[key] = res
+            while len(self._timelines) > 4:
+                self._timelines.pop(next(iter(self._timelines)))
+            return res
+
+    def explain(self, path, target: str | None = None, block: int = -2,
+                start: float | None = None) -> dict:
         """Video CAMs of MMT and the video-only model (overlaid on the frames) and MMT's audio CAM
         for class `target` (a class name; None: each model's own top prediction), taken at each
         encoder's `block` (-2: the block before the last; 0: the finer stage-1 map)."""
         if target and target not in self.class_names:
             raise UserError(f"unknown class '{target}'; classes: {', '.join(self.class_names)}")
-        prep, results = self.prepared(path)
-        out = {"overlays": {}, "targets": {}}
+        prep, results = self.prepared(path, start=start)
+        out = {"overlays": {}, "targets": {}, "start": prep.clip.start}
         with self._lock:
             for role in ("mmt", "video", "audio"):
                 m = self.models[role]
@@ -254,6 +405,45 @@ class Workbench:
         if not path.is_file():
             return None
         return json.loads(path.read_text())
+
+
+    # ------------------------------------------------------------------ teach
+    def start_teach(self, folder: Path, *, epochs: int | None = None) -> teaching.TeachJob:
+        """Train on a folder of class folders in a background thread (one run at a time)."""
+        with self._lock:
+            if self.job is not None and self.job.status == "running":
+                raise UserError("a training run is already in progress; wait for it or stop it")
+            out = self.teach_dir / "jobs" / time.strftime("%Y%m%d-%H%M%S")
+            out = out.with_name(out.name + f"-{os.getpid()}-{threading.get_ident() % 10000}")
+            self.job = teaching.TeachJob.start(folder, out, self.checkpoints,
+                                               epochs=epochs if epochs else teaching.teach_epochs(),
+                                               on_done=self._taught)
+            return self.job
+
+    def _taught(self, job: teaching.TeachJob) -> None:
+        """A finished run: its checkpoints become the taught set, and the active one."""
+        with self._lock:
+            teaching._swap_in(job.out / "taught", self.taught_dir)
+            self._forget("taught")
+            self.active = "taught"
+
+    def teach_summary(self) -> dict | None:
+        path = self.taught_dir / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def taught_zip(self) -> Path:
+        if not self.has_taught():
+            raise UserError("no taught models yet: teach some classes first")
+        return teaching.zip_taught(self.taught_dir, self.teach_dir / "mmt_taught.zip")
+
+    def restore_taught(self, path) -> dict:
+        p = self._check_upload(path)
+        with self._lock:
+            self.teach_dir.mkdir(parents=True, exist_ok=True)
+            summary = teaching.restore_zip(p, self.taught_dir, max_mb=max(self.max_mb, 100.0))
+            self._forget("taught")
+            self.active = "taught"
+        return summary
 
 
 _WB: Workbench | None = None

@@ -26,7 +26,31 @@ INTRO = """# MMT Workbench
 Upload a short video clip (or pick a built-in one) to see what the **Multiscale Multimodal
 Transformer** predicts next to its audio-only and video-only counterparts, *where* it looks and
 listens (Grad-CAM), and where the clip lands among the built-in test clips (embeddings).
-The demo models were trained on the built-in *sounding objects* dataset (6 classes)."""
+The demo models were trained on the built-in *sounding objects* dataset (6 classes); the
+**Teach** tab trains them on classes of your own."""
+TEACH_INTRO = """Teach the workbench **your own classes**: name a class, add a few clips of it
+(upload several files at once, record with the webcam *and* microphone, or name a folder of class
+folders on the server), repeat for 2–10 classes (3+ clips each; 6 or more make a better model),
+then **Train**. The audio-only and video-only models are fine-tuned from the shipped encoders,
+then the MMT from those two; every tab then uses the taught models (switch back with *Models*)."""
+# The hidden click relay of the timeline: a plotly click writes the clicked time into
+# #timeline-click and presses #timeline-jump (gr.Plot has no click event of its own).
+TIMELINE_CLICK_JS = """() => {
+  const hook = () => {
+    const el = document.querySelector('#timeline .js-plotly-plot');
+    if (!el || el._mmtHooked || typeof el.on !== 'function') return;
+    el._mmtHooked = true;
+    el.on('plotly_click', (d) => {
+      const box = document.querySelector('#timeline-click textarea, #timeline-click input');
+      if (!box || !d.points.length) return;
+      const set = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(box), 'value').set;
+      set.call(box, String(d.points[0].x));
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+      setTimeout(() => document.querySelector('#timeline-jump').click(), 300);
+    });
+  };
+  setInterval(hook, 500);  // each new timeline is a new plot element: hook it once drawn
+}"""
 
 
 def _user_errors(fn):
@@ -162,6 +186,375 @@ def use_example(path):
     return path or None
 
 
+# ---------------------------------------------------------------------------- timeline
+def timeline_figure(tl: dict, top: int = 6):
+    """Plotly heatmaps: time (window centre) × the top classes, one row per model."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    roles = [r for r in ROLES if tl["probs"].get(r) is not None]
+    names = tl["class_names"]
+    mean = np.mean([tl["probs"][r] for r in roles], axis=(0, 1))  # (C,)
+    keep = sorted(np.argsort(-mean)[:top])  # the classes most present over the clip
+    centres = [(a + b) / 2 for a, b in zip(tl["starts"], tl["ends"])]
+    fig = make_subplots(rows=len(roles), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[ROLE_TITLES[r] for r in roles])
+    for i, role in enumerate(roles, 1):
+        z = tl["probs"][role][:, keep].T  # (classes, windows)
+        fig.add_trace(go.Heatmap(
+            z=z, x=centres, y=[names[c] for c in keep], zmin=0, zmax=1, colorscale="Viridis",
+            showscale=i == 1, colorbar={"title": "prob"},
+            customdata=np.array([[f"{a:.1f}–{b:.1f} s" for a, b in zip(tl["starts"], tl["ends"])]]
+                                * len(keep)),
+            hovertemplate="%{customdata}<br>%{y}: %{z:.2f}<extra></extra>"), row=i, col=1)
+    fig.update_layout(height=140 + 150 * len(roles), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title=f"Timeline: {len(centres)} windows of {tl['window_seconds']:g} s "
+                            "(click a window to jump to it)")
+    fig.update_xaxes(title_text="time (s, window centre)", row=len(roles), col=1)
+    return fig
+
+
+@_user_errors
+def timeline(clip):
+    """clip → per-window timeline of the three models (a clip longer than one window), the
+    window slider, a note."""
+    if not clip:
+        return None, gr.update(visible=False), ""
+    wb = get_workbench()
+    tl = wb.timeline(clip)
+    if len(tl["starts"]) < 2:
+        return (None, gr.update(visible=False),
+                f"The clip ({tl['duration']:.1f} s) fits in one {tl['window_seconds']:g} s window: "
+                "no timeline.")
+    return (timeline_figure(tl),
+            gr.update(visible=True, minimum=0.0, maximum=round(tl["starts"][-1], 2), value=0.0,
+                      step=0.1),
+            f"{len(tl['starts'])} windows over {tl['duration']:.1f} s.")
+
+
+@_user_errors
+def jump(clip, start, target, layer=-2):
+    """A window start (the slider or a timeline click) → that window's frames and Explain tab."""
+    wb = get_workbench()
+    start = float(start or 0.0)
+    tl_starts = wb.timeline(clip)["starts"]
+    start = min(tl_starts, key=lambda s: abs(s - start))  # the nearest window
+    frames, _ = wb.frames_at(clip, start)
+    block = CAM_LAYERS.get(layer, layer)
+    if block not in CAM_LAYERS.values():
+        block = -2
+    res = wb.explain(clip, None if target in (None, "", TOP) else target, block=block,
+                     start=start)
+    ov, tg = res["overlays"], res["targets"]
+    audio = res.get("audio_cams", {}).get("mmt")
+    fig = spectrogram_figure(res["fbank"], audio, title=f"MMT audio Grad-CAM for '{tg.get('mmt')}'"
+                             f" (window at {start:.1f} s)",
+                             seconds_per_frame=res["seconds_per_frame"])
+    md = (f"Window {start:.1f}–{start + wb.models['mmt'].meta['preprocessing']['clip_seconds']:.1f}"
+          " s; Grad-CAM for class " + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items())
+          + ".")
+    return (_thumbs(frames), _thumbs(ov["mmt"]), _thumbs(ov["video"]), fig, md,
+            gr.update(value=start))
+
+
+# ---------------------------------------------------------------------------- models + teach
+def _models_md(wb) -> str:
+    names = ", ".join(wb.class_names)
+    return f"Models: **{wb.active}** ({len(wb.class_names)} classes: {names})."
+
+
+@_user_errors
+def switch_models(name):
+    """The demo | taught radio → the server-wide model set; class choices follow."""
+    wb = get_workbench()
+    wb.use(name or "demo")
+    return _models_md(wb), gr.update(choices=[TOP, *wb.class_names], value=TOP)
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def _clips_table(counts: dict) -> list[list]:
+    return [[c, n] for c, n in counts.items()]
+
+
+@_user_errors
+def teach_add(files, class_name, request: gr.Request):
+    """Uploaded files → copied into this session's CLASS folder (app limits apply)."""
+    wb = get_workbench()
+    paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (files or [])]
+    counts = wb.clips.add(_session(request), class_name, paths, check=wb.check_clip)
+    return _clips_table(counts), None, f"Added {len(paths)} clip(s) to **{class_name.strip()}**."
+
+
+@_user_errors
+def teach_add_recording(video, class_name, request: gr.Request):
+    """A webcam recording (with sound) → one clip of CLASS."""
+    wb = get_workbench()
+    if not video:
+        raise UserError("record a clip first (webcam + microphone), then add it")
+    counts = wb.clips.add(_session(request), class_name, [video], check=wb.check_clip)
+    return _clips_table(counts), None, f"Added the recording to **{class_name.strip()}**."
+
+
+@_user_errors
+def teach_add_folder(folder, request: gr.Request):
+    """A server-side folder of class folders → every clip added under its folder's class."""
+    wb = get_workbench()
+    counts = wb.clips.add_folder(_session(request), folder, check=wb.check_clip)
+    return _clips_table(counts), f"Added the class folders of `{folder}`."
+
+
+@_user_errors
+def teach_clear(request: gr.Request):
+    get_workbench().clips.clear(_session(request))
+    return [], "Cleared: no classes."
+
+
+@_user_errors
+def teach_train(request: gr.Request):
+    """Start training on this session's clips (background thread); the timer starts polling."""
+    wb = get_workbench()
+    job = wb.start_teach(wb.clips.ready(_session(request)))
+    counts = job.counts
+    return gr.Timer(active=True), (f"Training on {sum(counts.values())} clips of {len(counts)} "
+                                   "classes…")
+
+
+def teach_stop():
+    wb = get_workbench()
+    if wb.job is not None and wb.job.status == "running":
+        wb.job.stop()
+        return "Stopping after the current step…"
+    return "Nothing is training."
+
+
+def _progress_html(frac: float, text: str) -> str:
+    return (f'<div id="teach-progress-bar"><progress value="{frac:.3f}" max="1" '
+            f'style="width:100%;height:18px"></progress><div>{text}</div></div>')
+
+
+def training_figure(records: list[dict]):
+    """Loss and accuracy per step (train) and validation top-1 per epoch, one colour per run."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "accuracy"])
+    colours = {"audio": "#1f77b4", "video": "#2ca02c", "mmt": "#d62728"}
+    steps = {}
+    n = 0
+    for r in records:
+        if r.get("type") == "step":
+            n += 1
+            steps.setdefault(r.get("run", "mmt"), []).append((n, r.get("total"), r.get("acc")))
+    for run, rows in steps.items():
+        x = [a for a, _, _ in rows]
+        fig.add_trace(go.Scatter(x=x, y=[b for _, b, _ in rows], name=f"{run} loss",
+                                 line={"color": colours.get(run)}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=[c for _, _, c in rows], name=f"{run} train acc",
+                                 line={"color": colours.get(run), "dash": "dot"}), row=1, col=2)
+    n, val = 0, {}
+    for r in records:
+        n += r.get("type") == "step"
+        if r.get("type") == "epoch" and r.get("val_top1") is not None:
+            val.setdefault(r.get("run", "mmt"), []).append((n, r["val_top1"]))
+    for run, rows in val.items():
+        fig.add_trace(go.Scatter(x=[a for a, _ in rows], y=[b for _, b in rows], mode="markers+lines",
+                                 name=f"{run} val top-1", marker={"size": 9, "symbol": "diamond"},
+                                 line={"color": colours.get(run)}), row=1, col=2)
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    return fig
+
+
+def teach_poll():
+    """Timer tick: progress bar, live plot, status; stops the timer when the run ends."""
+    wb = get_workbench()
+    job = wb.job
+    if job is None:
+        return (_progress_html(0, "idle"), None, "", gr.Timer(active=False), gr.update(),
+                gr.update(), gr.update())
+    snap = job.snapshot()
+    running = snap["status"] == "running"
+    runs = [r.get("run") for r in snap["records"]]
+    now = runs[-1] if runs else "preparing (decoding each clip once)"
+    text = (f"{snap['status']}: {100 * snap['fraction']:.0f} % · {snap['seconds']:.0f} s · "
+            f"{'now: ' + str(now) if running else ''}")
+    fig = training_figure(snap["records"]) if snap["records"] else None
+    md, radio, target = "", gr.update(), gr.update()
+    if snap["status"] == "done":
+        r = snap["result"]
+        val = f", validation top-1 **{100 * r['val_top1']:.0f} %**" if r.get("val_top1") is not None else ""
+        md = (f"Done in {r['seconds']:.0f} s: {r['clips']} clips of {len(r['classes'])} classes "
+              f"({', '.join(r['classes'])}); MMT train top-1 {100 * (r['train_top1'] or 0):.0f} %"
+              f"{val}. Every tab now uses the **taught** models.")
+        radio = gr.update(value="taught")
+        target = gr.update(choices=[TOP, *r["classes"]], value=TOP)
+    elif snap["status"] == "failed":
+        md = f"Training failed: {snap['error']}"
+    elif snap["status"] == "stopped":
+        md = "Stopped. The demo models stay active; train again to finish."
+    return (_progress_html(snap["fraction"], text), fig, md, gr.Timer(active=running), radio,
+            target, gr.update(interactive=not running))
+
+
+@_user_errors
+def teach_download():
+    return str(get_workbench().taught_zip())
+
+
+@_user_errors
+def teach_restore(file):
+    wb = get_workbench()
+    summary = wb.restore_taught(file)
+    return (f"Restored the taught models ({', '.join(summary['classes'])}); every tab now uses "
+            "them.", gr.update(value="taught"),
+            gr.update(choices=[TOP, *summary["classes"]], value=TOP))
+
+
+@_user_errors
+def teach_api(files, names):
+    """API /teach: clip files + a JSON list of their class names (same length) → train with the
+    default settings (blocking) → {classes, clips, train_top1, val_top1, seconds}."""
+    import json
+    import uuid
+
+    wb = get_workbench()
+    if isinstance(names, str):
+        try:
+            names = json.loads(names)
+        except json.JSONDecodeError:
+            raise UserError("class names: a JSON list of strings, one per clip") from None
+    files = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path")
+             for f in (files or [])]
+    if not isinstance(names, list) or len(names) != len(files):
+        raise UserError(f"give one class name per clip: {len(files)} clips, "
+                        f"{len(names) if isinstance(names, list) else 'no'} names")
+    session = f"api-{uuid.uuid4().hex[:12]}"
+    for name in dict.fromkeys(names):
+        wb.clips.add(session, name, [f for f, n in zip(files, names) if n == name],
+                     check=wb.check_clip)
+    job = wb.start_teach(wb.clips.ready(session))
+    job.thread.join()
+    snap = job.snapshot()
+    if snap["status"] != "done":
+        raise UserError(f"training {snap['status']}: {snap['error']}" if snap["error"]
+                        else f"training {snap['status']}")
+    r = snap["result"]
+    out = {"classes": r["classes"], "clips": r["clips"], "train_top1": r["train_top1"],
+           "seconds": r["seconds"], "models": wb.active}
+    if r.get("val_top1") is not None:
+        out["val_top1"] = r["val_top1"]
+    return out
+
+
+def teach_tab():
+    """The Teach tab's components (layout only; wired in wire_teach)."""
+    c = {}
+    gr.Markdown(TEACH_INTRO)
+    with gr.Row():
+        with gr.Column(scale=1):
+            c["class_name"] = gr.Textbox(label="Class name", placeholder="e.g. knock",
+                                         elem_id="teach-class")
+            c["files"] = gr.File(label="Add clips of this class (several at once)",
+                                 file_count="multiple", type="filepath", elem_id="teach-files")
+            with gr.Accordion("…or record with the webcam and microphone", open=False):
+                c["webcam"] = gr.Video(sources=["webcam", "upload"], include_audio=True,
+                                       label="Recording", elem_id="teach-webcam")
+                c["add_rec"] = gr.Button("Add the recording to this class")
+            with gr.Accordion("…or a folder of class folders on the server", open=False):
+                c["folder"] = gr.Textbox(label="Server folder (FOLDER/CLASS/*.mp4)")
+                c["add_folder"] = gr.Button("Add the folder's classes")
+        with gr.Column(scale=1):
+            c["table"] = gr.Dataframe(headers=["class", "clips"], label="Your classes",
+                                      interactive=False, elem_id="teach-table")
+            with gr.Row():
+                c["train"] = gr.Button("Train", variant="primary", elem_id="teach-train")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="teach-stop")
+                c["clear"] = gr.Button("Clear clips")
+            c["msg"] = gr.Markdown(elem_id="teach-msg")
+            c["progress"] = gr.HTML(_progress_html(0, "idle"), elem_id="teach-progress")
+    c["plot"] = gr.Plot(label="Training: loss and accuracy", elem_id="teach-plot")
+    c["result"] = gr.Markdown(elem_id="teach-result")
+    with gr.Row():
+        c["download"] = gr.DownloadButton("Download the taught models (zip)",
+                                          elem_id="teach-download")
+        c["restore"] = gr.File(label="Restore taught models from a zip", file_types=[".zip"],
+                               type="filepath", elem_id="teach-restore")
+    c["timer"] = gr.Timer(1.0, active=False)
+    # API-only inputs of /teach (hidden): the clip files and their class names.
+    c["api_files"] = gr.File(file_count="multiple", type="filepath", visible=False)
+    c["api_names"] = gr.JSON(visible=False)
+    c["api_out"] = gr.JSON(visible=False)
+    c["api_btn"] = gr.Button(visible=False)
+    return c
+
+
+def wire_teach(c: dict, models: gr.Radio, target, models_md) -> None:
+    hidden = {"api_visibility": "private"}
+    c["files"].upload(teach_add, [c["files"], c["class_name"]], [c["table"], c["files"], c["msg"]],
+                      api_name="teach_add", **hidden)
+    c["add_rec"].click(teach_add_recording, [c["webcam"], c["class_name"]],
+                       [c["table"], c["webcam"], c["msg"]], api_name="teach_add_recording", **hidden)
+    c["add_folder"].click(teach_add_folder, c["folder"], [c["table"], c["msg"]],
+                          api_name="teach_add_folder", **hidden)
+    c["clear"].click(teach_clear, None, [c["table"], c["msg"]], api_name="teach_clear", **hidden)
+    c["train"].click(teach_train, None, [c["timer"], c["msg"]], api_name="teach_train", **hidden)
+    c["stop"].click(teach_stop, None, c["msg"], api_name="teach_stop", **hidden)
+    c["timer"].tick(teach_poll, None, [c["progress"], c["plot"], c["result"], c["timer"], models,
+                                       target, c["train"]], api_name="teach_poll", **hidden)
+    c["download"].click(teach_download, None, c["download"], api_name="teach_download", **hidden)
+    c["restore"].upload(teach_restore, c["restore"], [c["msg"], models, target],
+                        api_name="teach_restore", **hidden) \
+        .success(switch_models, models, [models_md, target], api_name="restore_models", **hidden)
+    c["api_btn"].click(teach_api, [c["api_files"], c["api_names"]], c["api_out"],
+                       api_name="teach", concurrency_limit=1)
+
+
+def timeline_panel():
+    """The Predict tab's timeline: plot, window slider, note, and the hidden click relay."""
+    with gr.Group():
+        plot = gr.Plot(label="Timeline (clips longer than one window)", elem_id="timeline")
+        slider = gr.Slider(0, 1, value=0, step=0.1, visible=False, elem_id="window-start",
+                           label="Jump to the window starting at (s): frames above, Explain tab")
+        md = gr.Markdown(elem_id="timeline-md")
+        click = gr.Textbox(visible="hidden", elem_id="timeline-click")
+        btn = gr.Button("jump", visible="hidden", elem_id="timeline-jump")
+    return plot, slider, md, click, btn
+
+
+def wire_timeline(clip, plot, slider, md, click, btn, target, layer, frames,
+                  explain_out) -> None:
+    hidden = {"api_visibility": "private"}
+    # every new clip (upload, example, API) gets its timeline; clearing the clip clears it
+    clip.change(timeline, clip, [plot, slider, md], api_name="timeline")
+    jump_out = [frames, *explain_out[:2], explain_out[2], explain_out[3], slider]
+    slider.release(jump, [clip, slider, target, layer], jump_out, api_name="window")
+    btn.click(_click_to_start, [click, clip], slider, api_name="timeline_click", **hidden) \
+        .success(jump, [clip, slider, target, layer], jump_out, api_name="click_window", **hidden)
+
+
+def _click_to_start(x, clip):
+    """A clicked window centre (seconds) → that window's start, for the slider."""
+    try:
+        centre = float(x)
+    except (TypeError, ValueError):
+        raise gr.Error("no window clicked", print_exception=False) from None
+    tl = get_workbench().timeline(clip)
+    k = int(np.argmin([abs((a + b) / 2 - centre) for a, b in zip(tl["starts"], tl["ends"])]))
+    return gr.update(value=round(tl["starts"][k], 3))
+
+
+def page_models():
+    wb = get_workbench()
+    try:
+        return gr.update(value=wb.active), _models_md(wb)
+    except UserError as e:
+        return gr.update(), str(e)
+
+
 # ---------------------------------------------------------------------------- layout
 def build_demo() -> gr.Blocks:
     """The page. Nothing heavy happens here: models load on the first request or warm-up."""
@@ -173,6 +566,9 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=1):
                 example = gr.Dropdown(label="…or a built-in example clip", choices=[],
                                       elem_id="example")
+                models = gr.Radio(["demo", "taught"], value="demo", elem_id="models",
+                                  label="Models (for every tab and user of this server)")
+                models_md = gr.Markdown(elem_id="models-md")
                 status = gr.Markdown(elem_id="status")
         with gr.Tabs():
             with gr.Tab("Predict", id="predict"):
@@ -182,6 +578,7 @@ def build_demo() -> gr.Blocks:
                 frames = gr.Gallery(label="Sampled frames (model input, before the centre crop)",
                                     columns=8, height=170, elem_id="frames")
                 spec = gr.Plot(label="Audio input", elem_id="spectrogram")
+                tl_plot, tl_slider, tl_md, tl_click, tl_jump = timeline_panel()
             with gr.Tab("Explain", id="explain"):
                 with gr.Row():
                     # Choices arrive at page load; API callers may name any class (checked).
@@ -208,6 +605,8 @@ def build_demo() -> gr.Blocks:
                 scores = gr.Dataframe(headers=["model", "space", "ARI", "HS"], label="Cluster scores",
                                       interactive=False)
                 embed_md = gr.Markdown()
+            with gr.Tab("Teach", id="teach"):
+                teach = teach_tab()
             with gr.Tab("Ablations", id="ablations"):
                 abl_btn = gr.Button("Reload")
                 abl_table = gr.Dataframe(headers=["row", "top-1 (%)", "top-5 (%)", "pointing", "clips",
@@ -237,5 +636,11 @@ def build_demo() -> gr.Blocks:
                      **hidden) \
             .success(embed, [clip, method, source], embed_out, api_name="example_embed", **hidden)
         demo.load(page_load, None, [example, target], api_name="page_load", **hidden)
+        wire_timeline(clip, tl_plot, tl_slider, tl_md, tl_click, tl_jump, target,
+                      layer, frames, explain_out)
+        models.change(switch_models, models, [models_md, target], api_name="models")
+        wire_teach(teach, models, target, models_md)
+        demo.load(page_models, None, [models, models_md], api_name="page_models", **hidden)
+        demo.load(None, None, None, js=TIMELINE_CLICK_JS)  # the timeline's click relay
         demo.load(ablations, None, [abl_table, abl_plot, abl_md], api_name="page_ablations", **hidden)
     return demo

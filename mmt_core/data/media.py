@@ -237,6 +237,23 @@ def _target_size(width: int, height: int, max_side: int | None,
     return max(2, int(round(width * s))), max(2, int(round(height * s)))
 
 
+def _check_decodable(info: MediaInfo, path, *, video: bool, span: float,
+                     max_seconds: float) -> None:
+    """MediaError for a file decode() cannot use: no stream, no duration, too long, too big."""
+    if video and not info.has_video:
+        raise MediaError(f"no video stream in {path}")
+    if not info.has_video and not info.has_audio:
+        raise MediaError(f"no audio or video stream in {path}")
+    if info.duration <= 0:
+        raise MediaError(f"zero or unknown duration: {path}")
+    if span > max_seconds:
+        raise MediaError(f"file too long: {span:.0f}s > {max_seconds:.0f}s limit: {path}")
+    if video and info.width * info.height > MAX_PIXELS:
+        raise MediaError(f"frame size {info.width}x{info.height} above the 8K limit: {path}")
+    if video and (info.width <= 0 or info.height <= 0):
+        raise MediaError(f"video stream without a frame size: {path}")
+
+
 def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 16000,
            start: float | None = None, end: float | None = None, view: int | None = None,
            num_views: int = 1, rng: np.random.Generator | None = None, max_seconds: float = 600,
@@ -260,20 +277,9 @@ def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 160
     src, path = path, (_name(path) if hasattr(path, "read") else path)  # path: for messages
     with _open(src) as container:
         info = _info(container, path)
-        if video and not info.has_video:
-            raise MediaError(f"no video stream in {path}")
-        if not info.has_video and not info.has_audio:
-            raise MediaError(f"no audio or video stream in {path}")
-        if info.duration <= 0:
-            raise MediaError(f"zero or unknown duration: {path}")
         # the cap guards against decoding hours of media; a segment of a long video (EPIC) is fine
         span = (min(end, info.duration) - (start or 0.0)) if end is not None else info.duration
-        if span > max_seconds:
-            raise MediaError(f"file too long: {span:.0f}s > {max_seconds:.0f}s limit: {path}")
-        if video and info.width * info.height > MAX_PIXELS:
-            raise MediaError(f"frame size {info.width}x{info.height} above the 8K limit: {path}")
-        if video and (info.width <= 0 or info.height <= 0):
-            raise MediaError(f"video stream without a frame size: {path}")
+        _check_decodable(info, path, video=video, span=span, max_seconds=max_seconds)
         w0, w1 = choose_window(info.duration, clip_seconds, start=start, end=end, view=view,
                                num_views=num_views, rng=rng)
         # Centres of T equal bins over the real content of the window (inside the file).
@@ -295,3 +301,41 @@ def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 160
                 duration=info.duration, times=times)
 
 
+def decode_windows(path: str | Path, starts, *, num_frames: int, clip_seconds: float,
+                   sample_rate: int = 16000, max_seconds: float = 600,
+                   short_side: int | None = None,
+                   time_limit: float = DECODE_TIME_LIMIT) -> list[Clip]:
+    """Clips of several windows of one file (window k starts at starts[k] and lasts
+    clip_seconds, cut at the file's end) in ONE pass: the union of their frame times is decoded
+    once (overlapping windows share frames), the audio once. Each Clip is what
+    `decode(path, start=starts[k], ...)` gives, frames sampled the same way."""
+    if num_frames < 1 or num_frames > MAX_FRAMES:
+        raise MediaError(f"num_frames must be in 1..{MAX_FRAMES}, got {num_frames}")
+    t0 = time.monotonic()
+    with _open(path) as container:
+        info = _info(container, path)
+        _check_decodable(info, path, video=True, span=info.duration, max_seconds=max_seconds)
+        bounds = [choose_window(info.duration, clip_seconds, start=s) for s in starts]
+        times = np.concatenate([w0 + (np.arange(num_frames) + 0.5) * (w1 - w0) / num_frames
+                                for w0, w1 in bounds])  # (K*T,)
+        uniq, inverse = np.unique(np.round(times, 6), return_inverse=True)
+        offset = _offset(container)
+        size = _target_size(info.width, info.height, None, short_side)
+        frames = _decode_video(container, uniq, float(uniq[0]), offset, size, info.duration, t0,
+                               time_limit, path)  # (U, H, W, 3)
+        total = int(round(info.duration * sample_rate))
+        wav = (_decode_audio(container, 0.0, info.duration, offset, sample_rate, total, t0,
+                             time_limit, path) if info.has_audio
+               else np.zeros(total, np.float32))
+    per = int(round(clip_seconds * sample_rate))
+    clips = []
+    for k, (w0, w1) in enumerate(bounds):
+        a = int(round(w0 * sample_rate))
+        audio = np.zeros(per, np.float32)
+        part = wav[a:a + min(per, int(round((w1 - w0) * sample_rate)))]
+        audio[:len(part)] = part
+        idx = inverse[k * num_frames:(k + 1) * num_frames]
+        clips.append(Clip(frames=frames[idx], audio=audio, sample_rate=sample_rate,
+                          has_audio=info.has_audio, start=w0, duration=info.duration,
+                          times=times[k * num_frames:(k + 1) * num_frames]))
+    return clips
