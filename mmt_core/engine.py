@@ -274,6 +274,11 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         except ImportError:
             pass
     data_info = {"train_clips": len(train_recs), "val_clips": len(val_recs)}
+    from .data.synthetic import folder_version
+
+    gen = folder_version(Path(cfg.data.manifest).parent)
+    if gen is not None and (Path(cfg.data.manifest).parent / "generator.json").is_file():
+        data_info["generator_version"] = gen  # built-in data: which generator made it
 
     def write(record: dict) -> None:
         if main:
