@@ -19,13 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mmt_core.explain import EXPLAINERS, applicable  # noqa: E402
+from mmt_core.explain import EXPLAINERS, applicable, audio_contrast  # noqa: E402
 from workbench.service import Workbench  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", default=None, help="default: MMT_CHECKPOINTS or checkpoints/")
+    p.add_argument("--role", action="append", default=None, choices=["mmt", "video"],
+                   help="demo model(s) (default: both)")
     p.add_argument("--method", action="append", default=None, choices=list(EXPLAINERS))
     p.add_argument("--block", type=int, action="append", default=None,
                    help="CAM block(s) (default: -2 and 0, the app's two layers)")
@@ -33,21 +35,21 @@ def main() -> None:
     wb = Workbench(checkpoints=a.checkpoints)
     out = wb.checkpoints / "pointing.json"
     table = json.loads(out.read_text()) if out.is_file() else {}
-    for role in ("mmt", "video"):
+    for role in a.role or ["mmt", "video"]:
         mods = wb.models[role].modalities
         for method in a.method or list(EXPLAINERS):
             if not applicable(method, mods):
                 continue
-            # only block-based methods depend on the layer
-            blocks = (a.block or [-2, 0]) if method in ("gradcam", "audio_contrast") else [-2]
+            # only block-based maps depend on the layer (audio contrast: when its base is Grad-CAM)
+            layered = {"gradcam"} | ({"audio_contrast"} if audio_contrast.BASE == "gradcam" else set())
+            blocks = (a.block or [-2, 0]) if method in layered else [-2]
             for block in blocks:
                 t0 = time.perf_counter()
                 res = wb.compute_pointing(role, method, block)
                 table[wb.pointing_key(role, method, block)] = {"model": wb.models[role].name, **res}
-                if method not in ("gradcam", "audio_contrast"):  # the same map at either layer
-                    for other in (0,):
-                        table[wb.pointing_key(role, method, other)] = table[
-                            wb.pointing_key(role, method, block)]
+                if method not in layered:  # the same map at either layer of the app
+                    table[wb.pointing_key(role, method, 0)] = table[
+                        wb.pointing_key(role, method, block)]
                 print(f"{wb.models[role].name:16s} {method:15s} block {block:2d}: accuracy "
                       f"{res['accuracy']:.3f} energy {res['energy']:.3f} centre "
                       f"{res['centre_baseline']:.3f} random {res['random_baseline']:.3f} "

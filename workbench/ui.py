@@ -145,7 +145,7 @@ def explain(clip, target, layer=-2, method="gradcam"):
                                     else f"{title} gives no audio map"),
                              seconds_per_frame=res["seconds_per_frame"])
     where = next(name for name, b in CAM_LAYERS.items() if b == block)
-    layer_note = f" of the {where}" if method in ("gradcam", "audio_contrast") else ""
+    layer_note = f" of the {where}" if method == "gradcam" else ""
     md = (f"{title}{layer_note}, for class "
           + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items()) + ".")
     if res["boxes"] is not None:
