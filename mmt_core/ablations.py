@@ -58,7 +58,7 @@ def row_config(base_cfg: ExperimentConfig, row: str) -> ExperimentConfig:
 def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = None,
                   eval_split: str = "test", pointing: bool = True, progress: bool = True) -> dict:
     """Train each row into out_dir/ROW, evaluate its last checkpoint on `eval_split` (and, for rows
-    with a video encoder, the Grad-CAM pointing game when `pointing`); write out_dir/ablations.json
+    with a video encoder, the Grad-CAM pointing game with its baselines when `pointing`); write out_dir/ablations.json
     after each row (so an interrupted sweep keeps what it finished). Returns {row: {top1, ...}}."""
     from .engine import train
     from .evaluation import evaluate_checkpoint
@@ -74,9 +74,12 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
         report = evaluate_checkpoint(run["last"], cfg.data.manifest, split=eval_split,
                                      views=cfg.data.test_views, batch_size=cfg.train.batch_size,
                                      pointing=pointing and "v" in cfg.model_args.get("modalities", "av"),
-                                     progress=progress)
+                                     explainers=["gradcam"], progress=progress)
+        # "pointing": Grad-CAM's frame accuracy (the Ablations tab's column), with baselines
+        scores = report.get("pointing", {}).get("gradcam")
         results[row] = {"top1": report.get("top1"), "top5": report.get("top5"),
-                        "pointing": report.get("pointing"), "split": eval_split,
+                        "pointing": scores["accuracy"] if scores else None,
+                        "pointing_scores": scores, "split": eval_split,
                         "clips": report.get("clips"), "skipped": report.get("skipped"),
                         "steps": run["step"], "epochs": run["epoch"],
                         "train_seconds": run["seconds"], "overrides": ABLATION_ROWS[row],

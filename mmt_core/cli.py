@@ -41,7 +41,7 @@ def cmd_synth(a) -> dict:
     from .data.synthetic import write_dataset
 
     return write_dataset(a.out, clips_per_class=a.clips_per_class, seed=a.seed, split=a.split,
-                         progress=not a.json)
+                         progress=not a.json, version=a.version)
 
 
 def cmd_stats(a) -> dict:
@@ -114,7 +114,8 @@ def cmd_eval(a) -> dict:
         raise UserError("give --manifest or --shards (one of them)")
     return evaluate_checkpoint(a.checkpoint, manifest=a.manifest, split=a.split, views=a.views,
                                pointing=a.pointing, cam_block=a.cam_block,
-                               batch_size=a.batch_size, progress=not a.json, shards=a.shards)
+                               batch_size=a.batch_size, progress=not a.json, shards=a.shards,
+                               explainers=a.explainer)
 
 
 def cmd_predict(a) -> dict:
@@ -160,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--clips-per-class", type=int, default=20)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--split", default="train")
+    sp.add_argument("--version", type=int, default=None,
+                    help="generator version: 1 (the shipped checkpoints' data; the distractor has "
+                         "another look) or 2 (the distractor's look is drawn from all three); "
+                         "default: the folder's version, else 1")
 
     sp = add("stats", cmd_stats, "fbank normalisation mean/std of a dataset")
     sp.add_argument("--manifest", required=True)
@@ -215,10 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate on WebDataset shards (DIR or pattern) instead of a manifest")
     sp.add_argument("--split", default="test")
     sp.add_argument("--views", type=int, default=None, help="temporal views per clip (paper: 5)")
-    sp.add_argument("--pointing", action="store_true", help="Grad-CAM pointing game (built-in data)")
+    sp.add_argument("--pointing", action="store_true",
+                    help="pointing game of the explainers, with centre and random baselines "
+                         "(clips with box sidecars: the built-in data, the instruments set)")
+    sp.add_argument("--explainer", action="append", default=None, metavar="NAME",
+                    help="explainer to score (repeatable; default: every one that applies: "
+                         "gradcam, relevance, occlusion, audio_contrast)")
     sp.add_argument("--cam-block", type=int, default=-2,
-                    help="video block whose Grad-CAM the pointing game scores (default -2: the "
-                         "block before the last; 0: the finest, stage-1 map)")
+                    help="video block of the block-based maps (Grad-CAM, and audio_contrast on "
+                         "it) (default -2: the block before the last; 0: the finest, stage-1 map)")
     sp.add_argument("--batch-size", type=int, default=8)
 
     sp = add("predict", cmd_predict, "predict the classes of one clip")

@@ -344,6 +344,12 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
             pass
     data_info = (shard_data["data_info"] if shard_data else
                  {"train_clips": len(train_recs), "val_clips": len(val_recs)})
+    if not shard_data:
+        from .data.synthetic import folder_version
+
+        gen = folder_version(Path(cfg.data.manifest).parent)
+        if gen is not None and (Path(cfg.data.manifest).parent / "generator.json").is_file():
+            data_info["generator_version"] = gen  # built-in data: which generator made it
 
     def write(record: dict) -> None:
         if main:

@@ -134,11 +134,123 @@ def _remap_labels(records, from_classes: dict, to_classes: dict):
     return out
 
 
+def _decode_view(path, meta: dict, view: int, views: int):
+    from .data import media
+
+    pre = meta["preprocessing"]
+    return media.decode(path, num_frames=pre["num_frames"], clip_seconds=pre["clip_seconds"],
+                        sample_rate=pre["sample_rate"], view=view, num_views=views, audio=False,
+                        max_seconds=pre.get("max_clip_seconds", 600.0))
+
+
+def pointing_explainers(model, explainers=None) -> list[str]:
+    """The explainers the pointing game scores for `model` (default: every one with a video map
+    for it); a UserError for unknown or inapplicable names."""
+    from .explain import EXPLAINERS, applicable
+
+    mods = getattr(model, "modalities", "")
+    if "v" not in mods or mods == "image":
+        raise UserError(f"the pointing game needs a model with a video encoder; this one has "
+                        f"modalities '{mods}'")
+    if not explainers:
+        return [n for n in EXPLAINERS if applicable(n, mods)]
+    names = list(dict.fromkeys(explainers))
+    for n in names:
+        if n not in EXPLAINERS:
+            raise UserError(f"unknown explainer '{n}'; choose from {', '.join(EXPLAINERS)}")
+        if not applicable(n, mods):
+            raise UserError(f"explainer '{n}' does not apply to a model with modalities '{mods}'")
+    return names
+
+
+def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1, block: int = -2,
+                  progress: bool = True) -> dict:
+    """The pointing game of every explainer on clips with box sidecars (mmt_core.metrics):
+    per sampled frame, is the video map's peak (for the true class) inside the sounding object's
+    box? Scored per frame, since the object jumps at each sound onset. Beside each explainer's
+    accuracy and energy (share of the map's positive mass in the box): the centre baseline (the
+    frame centre as the "peak") and the random baseline (the mean box-area fraction). Where the
+    sidecars have `events`, the audio map's mass within 0.15 s after an onset, beside the share
+    of the clip such windows cover. `block`: the block of block-based maps (Grad-CAM).
+
+    Returns {"pointing": {name: {"accuracy", "energy", "centre_baseline", "random_baseline",
+    "frames", "clips", "clip_accuracy", ["audio_event_mass", "audio_event_coverage"]}},
+    "pointing_best": the name with the highest accuracy, "pointing_seconds": {name: s per clip}}.
+    """
+    import time
+
+    from .data.synthetic import boxes_at, check_one_version, load_sidecar
+    from .explain import get_explainer, to_frame_resolution
+    from .inference import prepare_clip
+    from .metrics import event_share, frame_pointing
+
+    names = pointing_explainers(model, explainers)
+    records = list(records)
+    if not records:
+        raise UserError("the pointing game got no clips")
+    check_one_version([r.path for r in records])
+    head = next(iter(meta["classes"]))
+    device = next(model.parameters()).device
+    keys = ("frames", "hits", "energy", "centre_hits", "box_area")
+    tally = {n: {**{k: 0 for k in keys}, "clips": 0, "clip_hits": 0, "audio_mass": 0.0,
+                 "audio_cover": 0.0, "audio_clips": 0, "seconds": 0.0} for n in names}
+    for i, rec in enumerate(records):
+        side = load_sidecar(rec.path)  # a clear error for clips without box sidecars
+        prep = prepare_clip(rec.path, meta, views=views)
+        inputs = {k: x.to(device) for k, x in prep["inputs"].items()}
+        label = rec.labels[head]
+        for v in range(views):
+            # prepare_clip keeps view 0's decoded clip; other views' frame times need a decode
+            clip = prep["clip"] if v == 0 else _decode_view(rec.path, meta, v, views)
+            boxes = boxes_at(rec.path, clip.times)
+            one = {k: x[v:v + 1] for k, x in inputs.items()}
+            for n in names:
+                t0 = time.perf_counter()
+                try:
+                    res = get_explainer(n)(model, one, target=label, head=head, block=block,
+                                           meta=meta)
+                except ValueError as e:  # e.g. a --cam-block outside the encoder
+                    raise UserError(f"{n}: {e}") from None
+                tl = tally[n]
+                tl["seconds"] += time.perf_counter() - t0
+                cam = to_frame_resolution(res["video"], *clip.frames.shape[1:3])
+                fp = frame_pointing(cam, boxes)
+                for k in keys:
+                    tl[k] += fp[k]
+                tl["clips"] += 1
+                tl["clip_hits"] += int(fp["hits"] * 2 >= fp["frames"])
+                if res.get("audio") is not None and side.get("events"):
+                    mass, cover = event_share(res["audio"], side["events"], start=clip.start)
+                    tl["audio_mass"] += mass
+                    tl["audio_cover"] += cover
+                    tl["audio_clips"] += 1
+        if progress:
+            acc = " ".join(f"{n} {tally[n]['hits'] / max(tally[n]['frames'], 1):.3f}" for n in names)
+            print(f"\rpointing game: {i + 1}/{len(records)} clips, {acc}", end="", file=sys.stderr,
+                  flush=True)
+    if progress:
+        print(file=sys.stderr)
+    out = {}
+    for n, tl in tally.items():
+        f = max(tl["frames"], 1)
+        out[n] = {"accuracy": tl["hits"] / f, "energy": tl["energy"] / f,
+                  "centre_baseline": tl["centre_hits"] / f, "random_baseline": tl["box_area"] / f,
+                  "frames": tl["frames"], "clips": tl["clips"],
+                  "clip_accuracy": tl["clip_hits"] / max(tl["clips"], 1)}
+        if tl["audio_clips"]:
+            out[n]["audio_event_mass"] = tl["audio_mass"] / tl["audio_clips"]
+            out[n]["audio_event_coverage"] = tl["audio_cover"] / tl["audio_clips"]
+    best = max(out, key=lambda n: out[n]["accuracy"])
+    return {"pointing": out, "pointing_best": best,
+            "pointing_seconds": {n: tl["seconds"] / max(tl["clips"], 1) for n, tl in tally.items()}}
+
+
 def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = None,
                         pointing: bool = False, cam_block: int = -2, batch_size: int = 8,
-                        progress: bool = True, shards: str | None = None) -> dict:
+                        progress: bool = True, explainers=None, shards: str | None = None) -> dict:
     """`mmt eval`: accuracy of a checkpoint on a manifest split (or on WebDataset shards of a
-    split: `shards` = DIR or pattern), optionally the pointing game."""
+    split: `shards` = DIR or pattern), optionally the pointing game of `explainers` (default:
+    every applicable one; see `pointing_game`)."""
     from .data.dataset import AVDataset
     from .data.manifests import read_manifest
 
@@ -158,6 +270,8 @@ def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = 
     views = views or meta["preprocessing"].get("test_views") or 1
     if views < 1:
         raise UserError(f"--views must be >= 1, got {views}")
+    if pointing:  # name errors before the accuracy pass
+        explainers = pointing_explainers(model, explainers)
     dataset = AVDataset(records, meta["classes"], data_cfg, train=False, num_views=views,
                         modalities=model.modalities)
     report = run_eval(model, dataset, meta["classes"], batch_size=batch_size, device=device,
@@ -165,22 +279,10 @@ def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = 
     report = {"checkpoint": str(dir), "model": meta["model"], "manifest": str(manifest),
               "split": split, **report}
     if pointing:
-        if "v" not in model.modalities:
-            raise UserError(f"the pointing game needs a video model; '{meta['model']}' is "
-                            f"{model.modalities}")
-        try:
-            from workbench.gradcam import pointing_game
-        except ImportError as e:
-            raise UserError(f"the pointing game needs workbench.gradcam ({e})") from None
-        try:
-            res = pointing_game(model, meta, records, views=1, block=cam_block, progress=progress)
-        except ValueError as e:  # a --cam-block outside the encoder
-            raise UserError(str(e)) from None
-        report.update({k if k.startswith("pointing") else f"pointing_{k}": v
-                       for k, v in res.items()})
+        report.update(pointing_game(model, meta, records, explainers=explainers, views=1,
+                                    block=cam_block, progress=progress))
+        report["pointing_block"] = cam_block
     return report
-
-
 
 
 def _evaluate_shards(dir, model, meta, spec, split, views, batch_size, device, progress) -> dict:

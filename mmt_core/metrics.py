@@ -114,3 +114,59 @@ def pointing_game(cam, boxes, *, tolerance: int = 0) -> float:
     if not frames:
         raise ValueError("pointing_game: no frame has a box")
     return hits / frames
+
+
+def _in_box(ix, iy, box) -> bool:
+    x0, y0, x1, y1 = (float(b) for b in box)
+    return bool((x0 <= ix <= x1) and (y0 <= iy <= y1))
+
+
+def frame_pointing(maps, boxes) -> dict:
+    """Pointing-game tallies of any (T, H, W) maps against per-frame boxes (T, 4) [x0, y0, x1, y1]
+    in the maps' pixel grid (inclusive; a box of None/NaN skips its frame):
+    "frames" scored; "hits": frames whose map peak lies in the box (an all-zero map misses);
+    "energy": the sum over frames of the share of the frame's positive mass inside the box
+    (energy-based pointing game); "centre_hits": frames whose centre pixel lies in the box (the
+    centre baseline); "box_area": the sum of the box's share of the frame's pixels (the expected
+    accuracy of a uniformly random peak). Divide the sums by "frames" for the scores."""
+    m = torch.as_tensor(maps, dtype=torch.float32)
+    if m.dim() == 2:
+        m, boxes = m[None], [boxes]
+    if m.dim() != 3 or len(boxes) != m.shape[0]:
+        raise ValueError(f"expected maps (T, H, W) with T boxes, got {tuple(m.shape)} and "
+                         f"{len(boxes)} boxes")
+    H, W = m.shape[1:]
+    ys, xs = torch.arange(H, dtype=torch.float32)[:, None], torch.arange(W, dtype=torch.float32)[None]
+    out = {"frames": 0, "hits": 0, "energy": 0.0, "centre_hits": 0, "box_area": 0.0}
+    for frame, box in zip(m, boxes):
+        if box is None or any(b != b for b in map(float, box)):
+            continue
+        x0, y0, x1, y1 = (float(b) for b in box)
+        inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)  # (H, W)
+        pos = frame.clamp(min=0)
+        total = float(pos.sum())
+        iy, ix = divmod(int(frame.argmax()), W)
+        out["frames"] += 1
+        out["hits"] += int(total > 0 and _in_box(ix, iy, box))
+        out["energy"] += float(pos[inside].sum()) / total if total > 0 else 0.0
+        out["centre_hits"] += int(_in_box(W // 2, H // 2, box))
+        out["box_area"] += float(inside.float().mean())
+    return out
+
+
+def event_share(audio_map, events, *, start: float, frame_shift: float = 0.01,
+                window: float = 0.15) -> tuple[float, float]:
+    """(share of an (F, N) audio map's positive mass in the fbank frames within `window` s after
+    an event onset, share of the N frames such windows cover: the chance level). Frame j is at
+    `start` + j·frame_shift seconds; onsets are in seconds from the start of the file."""
+    m = torch.as_tensor(audio_map, dtype=torch.float32).clamp(min=0)
+    if m.dim() != 2:
+        raise ValueError(f"expected an (F, N) audio map, got {tuple(m.shape)}")
+    t = start + torch.arange(m.shape[1], dtype=torch.float64) * frame_shift  # (N,)
+    near = torch.zeros(m.shape[1], dtype=torch.bool)
+    for onset in events:
+        near |= (t >= float(onset)) & (t < float(onset) + window)
+    per_frame = m.sum(0)  # (N,)
+    total = float(per_frame.sum())
+    mass = float(per_frame[near].sum()) / total if total > 0 else 0.0
+    return mass, float(near.float().mean())

@@ -29,7 +29,7 @@ from mmt_core.data.manifests import read_manifest  # noqa: E402
 from mmt_core.data.synthetic import boxes_at  # noqa: E402
 from mmt_core.inference import prepare_clip  # noqa: E402
 from mmt_core.metrics import pointing_game  # noqa: E402
-from workbench.gradcam import _SingleInput, to_frame_resolution  # noqa: E402
+from mmt_core.explain._common import SingleInput as _SingleInput, to_frame_resolution  # noqa: E402
 
 
 class Contrastive:

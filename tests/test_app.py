@@ -54,6 +54,15 @@ def test_predict_explain_embed(client, clip):
     assert "star_drum" in md and "block before the last" in md
     fine_mmt, _, _, md = client.predict(handle_file(str(clip)), "star_drum", 0, api_name="/explain")
     assert len(fine_mmt) == 8 and "stage 1" in md
+    # the method as a fourth, optional input; the pointing game on the built-in test clips
+    rel_mmt, rel_video, _, md = client.predict(handle_file(str(clip)), "star_drum", -2,
+                                               "relevance", api_name="/explain")
+    assert len(rel_mmt) == 8 and len(rel_video) == 8 and "Attention relevance" in md
+    assert "Pointing game" in md and ("centre baseline" in md or "not computed" in md)
+    con_mmt, con_video, _, md = client.predict(handle_file(str(clip)), "star_drum", -2,
+                                               "audio_contrast", api_name="/explain")
+    assert len(con_mmt) == 8 and not con_video and "Audio contrast" in md
+    assert "White box" not in md  # an upload without a sidecar: no box
 
     p1, p2, p3, scores, md = client.predict(handle_file(str(clip)), "pca", "mmt",
                                             api_name="/embed")
@@ -64,6 +73,20 @@ def test_predict_explain_embed(client, clip):
                                      ["mmt_tiny", "fused"]]
     assert all(0.0 <= r[3] <= 1.0 for r in rows)
     assert "12 built-in test clips" in md
+
+
+def test_explain_draws_the_box_on_a_builtin_example(client, tmp_path):
+    """An example clip (the same bytes as the app's, uploaded under another name) is found by
+    content, and its sounding object's box is drawn."""
+    from gradio_client import handle_file
+
+    from mmt_core.data import synthetic
+
+    ex = tmp_path / "upload.mp4"  # the app's example of class 3 (seed 7, split "examples")
+    synthetic.make_clip(ex, 3, synthetic._clip_rng(7, "examples", 3, 0))
+    cam_mmt, _, _, md = client.predict(handle_file(str(ex)), "box_whistle", -2, "gradcam",
+                                       api_name="/explain")
+    assert len(cam_mmt) == 8 and "White box: the sounding object." in md
 
 
 def test_ablations_tab_shows_the_shipped_table_2_rows(client):

@@ -1,5 +1,5 @@
-"""Headless chromium uploads a clip to the launched app, waits for the predictions, the CAMs and
-the embedding plots, and saves a screenshot to artifacts/workbench.png."""
+"""Headless chromium uploads a clip to the launched app, waits for the predictions, the maps of
+every explain method and the embedding plots, and saves screenshots to artifacts/."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,6 +50,20 @@ def test_upload_shows_predictions_cams_and_embeddings(app, tmp_path):
             expect(page.locator("#cam-video img").first).to_be_visible(timeout=60_000)
             expect(page.locator("#cam-audio .js-plotly-plot").first).to_be_attached(timeout=60_000)
             page.screenshot(path=str(shot.with_name("workbench_explain.png")), full_page=True)
+            # Each explain method: picking it re-explains the clip (its maps and its pointing
+            # scores replace the previous method's).
+            for title in ("Attention relevance", "Occlusion", "Audio contrast", "Grad-CAM"):
+                page.locator("#method").get_by_text(title, exact=True).click()
+                expect(page.locator("#method-info")).to_contain_text(title, timeout=30_000)
+                expect(page.locator("#explain-md")).to_contain_text(f"{title}", timeout=240_000)
+                expect(page.locator("#explain-md")).to_contain_text("Pointing game",
+                                                                    timeout=60_000)
+                expect(page.locator("#cam-mmt img").first).to_be_visible(timeout=60_000)
+                if title != "Audio contrast":  # the video-only model has no sound to contrast
+                    expect(page.locator("#cam-video img").first).to_be_visible(timeout=60_000)
+                slug = title.split()[-1].lower().replace("-", "")
+                page.screenshot(path=str(shot.with_name(f"workbench_explain_{slug}.png")),
+                                full_page=True)
             # Embeddings tab: three plotly scatters with the uploaded clip's star.
             page.get_by_role("tab", name="Embeddings").click()
             for i in range(3):

@@ -57,6 +57,7 @@ def test_train_writes_metrics_checkpoints_and_links(synth_dir, tmp_path):
     assert len(list(run.glob("step-*"))) <= 2  # keep_last=1, plus best if it is older
     model, meta = ckpt.load_checkpoint(run / "last")
     assert meta["step"] == 6 and meta["classes"]["label"][0] == "ball_bell"
+    assert meta["data"]["generator_version"] == 1  # the built-in data it was trained on
     assert list(run.glob("tb/events.out.tfevents.*"))
 
 

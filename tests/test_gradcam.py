@@ -1,4 +1,5 @@
-"""Grad-CAM wrappers on real (randomly initialised) demo models and built-in clips."""
+"""The workbench's Grad-CAM shortcuts and drawing on real (randomly initialised) demo
+models and built-in clips (the explainers and the pointing game: test_explain.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -91,30 +92,12 @@ def test_overlay_frames(loaded, prepared):
         gradcam.overlay_frames(frames[..., 0], cam)
 
 
-def test_pointing_game_on_builtin_clips(loaded, synth_dir):
-    from mmt_core.data.manifests import read_manifest
-
-    model, meta = loaded["mvit_tiny_video"]
-    records = read_manifest(synth_dir / "manifest.csv", split="test").records[:3]
-    res = gradcam.pointing_game(model, meta, records, progress=False)
-    t = meta["preprocessing"]["num_frames"]
-    assert res["clips"] == 3 and res["frames"] == 3 * t
-    assert 0 <= res["hits"] <= res["frames"]
-    assert 0.0 <= res["pointing"] <= 1.0 and res["pointing"] == res["hits"] / res["frames"]
-    two = gradcam.pointing_game(model, meta, records[:1], views=2, progress=False)
-    assert two["frames"] == 2 * t
-    fine = gradcam.pointing_game(model, meta, records, block=0, progress=False)
-    assert fine["frames"] == 3 * t and 0.0 <= fine["pointing"] <= 1.0
-
-
-def test_pointing_game_through_mmt_eval(ckpts, synth_dir):
-    from mmt_core.evaluation import evaluate_checkpoint
-
-    rep = evaluate_checkpoint(ckpts["mmt_tiny"], synth_dir / "manifest.csv", split="test",
-                              pointing=True, batch_size=4, progress=False)
-    assert 0.0 <= rep["pointing"] <= 1.0 and rep["pointing_clips"] == 6
-    from mmt_core.errors import UserError
-
-    with pytest.raises(UserError, match="outside"):
-        evaluate_checkpoint(ckpts["mmt_tiny"], synth_dir / "manifest.csv", split="test",
-                            pointing=True, cam_block=7, batch_size=4, progress=False)
+def test_draw_boxes(prepared):
+    frames = prepared["mmt_tiny"]["clip"].frames
+    boxes = np.tile(np.array([[10.0, 20.0, 40.0, 50.0]], np.float32), (len(frames), 1))
+    boxes[1] = np.nan  # a frame without a box stays as it is
+    out = gradcam.draw_boxes(frames, boxes, colour=(255, 255, 255))
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert (out[0, 20, 10:41] == 255).all() and (out[0, 20:51, 40] == 255).all()
+    assert (out[0, 30:40, 20:30] == frames[0, 30:40, 20:30]).all()  # inside: untouched
+    assert (out[1] == frames[1]).all()

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,31 @@ def test_pointing_game():
     assert pointing_game(cam, boxes, tolerance=4) == 1.0
     assert pointing_game(cam[0], boxes[0]) == 1.0
     assert pointing_game(cam, [None, (6, 6, 7, 7)]) == 1.0
+
+
+def test_frame_pointing_with_baselines_by_hand():
+    from mmt_core.metrics import event_share, frame_pointing
+
+    maps = np.zeros((3, 10, 10), np.float32)
+    boxes = np.array([[0, 0, 4, 4], [0, 0, 4, 4], [5, 5, 9, 9]], np.float32)  # 25 of 100 pixels
+    maps[0, 2, 2] = 1.0  # peak in the box, all mass in it
+    maps[1, 8, 8] = 1.0  # peak outside
+    maps[1, 0, 0] = 1.0 / 3
+    maps[1, 1, 1] = maps[1, 9, 0] = 1.0 / 3  # mass in the box: 2/3 of 2 total → 1/3
+    # frame 2: an all-zero map misses (no peak), energy 0
+    out = frame_pointing(maps, boxes)
+    assert out["frames"] == 3 and out["hits"] == 1
+    assert out["energy"] == pytest.approx(1.0 + (2 / 3) / 2 + 0.0)
+    assert out["centre_hits"] == 1  # the centre pixel (5, 5) is only in the third box
+    assert out["box_area"] == pytest.approx(3 * 0.25)
+    assert frame_pointing(maps, [None, None, boxes[2]])["frames"] == 1
+    with pytest.raises(ValueError):
+        frame_pointing(maps, boxes[:2])
+    # audio: onsets at 0.1 s and 0.5 s, 10 ms frames from 0: windows [0.1, 0.25), [0.5, 0.65)
+    audio = np.zeros((4, 100), np.float32)
+    audio[:, 12] = 1.0  # 0.12 s: inside the first window
+    audio[:, 40] = 1.0  # 0.40 s: outside
+    mass, cover = event_share(audio, [0.1, 0.5], start=0.0)
+    assert mass == pytest.approx(0.5) and cover == pytest.approx(0.30)
+    mass, _ = event_share(audio, [0.1, 0.5], start=0.3)  # frame 12 is at 0.42 s now, 40 at 0.70
+    assert mass == 0.0

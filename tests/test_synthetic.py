@@ -130,3 +130,69 @@ def test_event_statistics_do_not_depend_on_class():
             counts[c.name].append(len(synthetic._event_times(synthetic._clip_rng(0, "train", label, i))))
     means = [np.mean(v) for v in counts.values()]
     assert max(means) - min(means) < 0.8  # 3..6 events uniformly, whatever the class
+
+
+# ----------------------------------------------------------------------------- generator versions
+# sha256 of the mp4 and of the sidecar (without "generator_version", keys sorted) written by the
+# code before versions existed, for make_clip(label, _clip_rng(3, "test", label, 0)).
+V1_HASHES = {
+    0: ("d31eecf7b4b5495221c5d0ab00f2f1f25c0d91a8e1367da7d326707c3bd0715a",
+        "e82c15542c46e662e2b29304c0df407a3c44a2b79998f977c00e1b387002b428"),
+    3: ("da4e560d06863c595857e25f9d4d1dd1f1330345b9972c8340da480bdac4d0d5",
+        "9b5f33f6ef006eccb0717c71799d17b277b1cc215bc7926791205587bb6492ff"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(V1_HASHES))
+def test_version_1_is_bit_identical_to_the_shipped_generator(tmp_path, label):
+    import hashlib
+
+    path = tmp_path / "c.mp4"
+    side = synthetic.make_clip(path, label, synthetic._clip_rng(3, "test", label, 0))
+    assert side.pop("generator_version") == 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == V1_HASHES[label][0]
+    assert hashlib.sha256(json.dumps(side, sort_keys=True).encode()).hexdigest() == V1_HASHES[label][1]
+
+
+def test_version_2_draws_the_distractor_from_all_three_looks(tmp_path):
+    assert synthetic.distractor_looks("ball", 1) == ["box", "star"]
+    assert synthetic.distractor_looks("ball", 2) == ["ball", "box", "star"]
+    seen = Counter()
+    for i in range(9):  # red-ball clips: the distractor is sometimes another red ball
+        side = synthetic.make_clip(tmp_path / f"c{i}.mp4", 1, synthetic._clip_rng(0, "train", 1, i), 2)
+        assert side["generator_version"] == 2 and side["look"] == "ball"
+        assert json.loads((tmp_path / f"c{i}.json").read_text())["generator_version"] == 2
+        seen[side["distractor"]] += 1
+    assert seen["ball"] >= 1 and len(seen) >= 2
+    # the sounding object is still the one that hits: its box moves at the onsets (as in v1)
+    with pytest.raises(UserError, match="--version"):
+        synthetic.make_clip(tmp_path / "x.mp4", 0, synthetic._clip_rng(0, "train", 0, 0), 3)
+
+
+def test_versions_are_recorded_and_never_mixed(tmp_path, capsys):
+    from mmt_core.cli import main
+
+    v2 = tmp_path / "v2"
+    assert main(["synth", "--out", str(v2), "--clips-per-class", "1", "--seed", "5",
+                 "--split", "test", "--version", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["generator_version"] == 2
+    assert json.loads((v2 / "generator.json").read_text()) == {"generator_version": 2}
+    assert synthetic.folder_version(v2) == 2
+    # another split without --version keeps the folder's version
+    res = synthetic.write_dataset(v2, clips_per_class=1, seed=6, split="val", progress=False)
+    assert res["generator_version"] == 2
+    assert main(["synth", "--out", str(v2), "--clips-per-class", "1", "--version", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "generator version 2" in err and len(err.strip().splitlines()) == 1
+    # a folder written before versions were recorded (manifest, no generator.json) is version 1
+    old = tmp_path / "old"
+    synthetic.write_dataset(old, clips_per_class=1, seed=0, split="test", progress=False)
+    (old / "generator.json").unlink()
+    assert synthetic.folder_version(old) == 1
+    with pytest.raises(UserError, match="never mixed"):
+        synthetic.write_dataset(old, clips_per_class=1, seed=1, split="val", progress=False, version=2)
+    # clips of two versions in one list (e.g. a hand-merged manifest): a clear error
+    mixed = [next((old / "test").glob("*.mp4")), next((v2 / "test").glob("*.mp4"))]
+    with pytest.raises(UserError, match="mixed"):
+        synthetic.check_one_version(mixed)
+    assert synthetic.check_one_version(mixed[1:]) == 2

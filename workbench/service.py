@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The built-in test split of configs/synthetic_base.yaml (`mmt synth --seed 1001 --split test`):
 # the same seed and split give the same clips, so the reference set is that split's first clips.
 REFERENCE_SEED = 1001
+POINTING_CLIPS_PER_CLASS = 5  # the Explain tab's pointing scores: 30 test clips (occlusion is slow)
 EXAMPLES_SEED = 7  # example clips: a seed no split of the recipe uses, so they are unseen
 ROLE_TITLES = {"mmt": "MMT (audio + video)", "audio": "Audio only (MAT)",
                "video": "Video only (MViTv2)"}
@@ -130,6 +131,31 @@ class Workbench:
         """One built-in clip per class (generated on first use into cache_dir/examples)."""
         return self._synthetic("examples", 1, EXAMPLES_SEED)
 
+    @property
+    def generator_version(self) -> int:
+        """The built-in data version the MMT checkpoint was trained on (1 when not recorded), so
+        the example and reference clips look like its training data."""
+        return int(self.models["mmt"].meta.get("data", {}).get("generator_version", 1))
+
+    def sidecar(self, path) -> dict | None:
+        """The box sidecar of a built-in example or reference clip, found by content (uploads
+        arrive as copies under other names), or None."""
+        import json as _json
+
+        p = Path(path)
+        if p.with_suffix(".json").is_file():
+            side = p.with_suffix(".json")
+        else:
+            with self._lock:
+                if not hasattr(self, "_sidecars"):
+                    self._sidecars = {emb.file_hash(c): c.with_suffix(".json")
+                                      for c in self.examples()}
+            side = self._sidecars.get(emb.file_hash(p))
+        if side is None or not side.is_file():
+            return None
+        d = _json.loads(side.read_text())
+        return d if "boxes" in d and "frame_times" in d else None
+
     def reference_records(self):
         """The reference clips of the Embeddings tab, labels in the models' order: the built-in
         test split (clips_per_class per class) for the demo models, the taught clips for the
@@ -141,7 +167,7 @@ class Workbench:
                 from mmt_core.data.manifests import read_manifest
 
                 paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
-                man = read_manifest(self.cache_dir / "reference" / "manifest.csv", split="test")
+                man = read_manifest(paths[0].parent.parent / "manifest.csv", split="test")
                 names, order = man.classes["label"], self.class_names
                 if set(names) - set(order):
                     raise UserError("the demo checkpoints were not trained on the built-in classes")
@@ -165,13 +191,16 @@ class Workbench:
     def _synthetic(self, split: str, clips_per_class: int, seed: int) -> list[Path]:
         from mmt_core.data.synthetic import CLASSES, write_dataset
 
+        version = self.generator_version
         out = self.cache_dir / ("examples" if split == "examples" else "reference")
+        if version != 1:  # one folder per generator version (version 1 keeps the old folders)
+            out = out.with_name(f"{out.name}_v{version}")
         paths = [out / split / f"{split}_s{seed}_{c.name}_{i:04d}.mp4"
                  for c in CLASSES for i in range(clips_per_class)]
         with self._lock:
             if not all(p.is_file() and p.with_suffix(".json").is_file() for p in paths):
                 write_dataset(out, clips_per_class=clips_per_class, seed=seed, split=split,
-                              progress=False)
+                              progress=False, version=version)
         return paths
 
     def explorer(self, role: str) -> emb.ReferenceEmbeddings:
@@ -340,33 +369,110 @@ class Workbench:
             return res
 
     def explain(self, path, target: str | None = None, block: int = -2,
-                start: float | None = None) -> dict:
-        """Video CAMs of MMT and the video-only model (overlaid on the frames) and MMT's audio CAM
-        for class `target` (a class name; None: each model's own top prediction), taken at each
-        encoder's `block` (-2: the block before the last; 0: the finer stage-1 map)."""
+                method: str = "gradcam", start: float | None = None) -> dict:
+        """Video maps of MMT and the video-only model (overlaid on the frames, with the sounding
+        object's box on built-in clips) and MMT's audio map, for class `target` (a class name;
+        None: each model's own top prediction), by explainer `method` (mmt_core.explain);
+        block-based methods take each encoder's `block` (-2: the block before the last; 0: the
+        finer stage-1 map), on the window starting at `start` seconds (None: the centre). Also
+        the method's pointing scores on the built-in test clips when they are known (see
+        `pointing_scores`), else None."""
+        from mmt_core.explain import EXPLAINERS, applicable, get_explainer, to_frame_resolution
+
+        if method not in EXPLAINERS:
+            raise UserError(f"unknown method '{method}'; choose from {', '.join(EXPLAINERS)}")
         if target and target not in self.class_names:
             raise UserError(f"unknown class '{target}'; classes: {', '.join(self.class_names)}")
         prep, results = self.prepared(path, start=start)
-        out = {"overlays": {}, "targets": {}, "start": prep.clip.start}
+        side = self.sidecar(path)
+        boxes = None
+        if side is not None:
+            from mmt_core.data.synthetic import sidecar_boxes_at
+
+            boxes = sidecar_boxes_at(side, prep.clip.times)
+        out = {"overlays": {}, "targets": {}, "method": method, "boxes": boxes, "seconds": {},
+               "start": prep.clip.start}
         with self._lock:
             for role in ("mmt", "video", "audio"):
                 m = self.models[role]
-                if results[role]["probs"] is None:
+                if results[role]["probs"] is None or not applicable(method, m.modalities):
                     continue
                 idx = (int(np.argmax(results[role]["probs"])) if not target
                        else m.class_names.index(target))
                 out["targets"][role] = m.class_names[idx]
-                inputs = prep.inputs[m.name]
-                if "v" in m.modalities:
-                    cam = gradcam.video_cam(m.model, inputs, target=idx, block=block,
-                                            frame_size=prep.clip.frames.shape[1:3])
-                    out["overlays"][role] = gradcam.overlay_frames(prep.clip.frames, cam)
-                if "a" in m.modalities and role == "mmt":
-                    out.setdefault("audio_cams", {})[role] = gradcam.audio_cam(
-                        m.model, inputs, target=idx, block=block)
+                t0 = time.perf_counter()
+                try:
+                    res = get_explainer(method)(m.model, prep.inputs[m.name], target=idx,
+                                                block=block, meta=m.meta)
+                except ValueError as e:
+                    raise UserError(f"{method}: {e}") from None
+                out["seconds"][role] = time.perf_counter() - t0
+                if res["video"] is not None:
+                    cam = to_frame_resolution(res["video"], *prep.clip.frames.shape[1:3])
+                    shown = gradcam.overlay_frames(prep.clip.frames, cam)
+                    out["overlays"][role] = (gradcam.draw_boxes(shown, boxes) if boxes is not None
+                                             else shown)
+                if res["audio"] is not None and role == "mmt":
+                    out.setdefault("audio_cams", {})[role] = res["audio"]
         out["fbank"] = prep.fbank.numpy()
         out["seconds_per_frame"] = 0.01  # kaldi fbank 10 ms shift
+        out["pointing"] = {role: self.pointing_scores(role, method, block, compute=False)
+                           for role in ("mmt", "video") if role in out["targets"]}
         return out
+
+    def pointing_records(self):
+        """The clips the app scores explainers on: the first POINTING_CLIPS_PER_CLASS clips of
+        each class of the built-in test split (seed REFERENCE_SEED)."""
+        paths = {str(p) for p in self._synthetic("test", POINTING_CLIPS_PER_CLASS, REFERENCE_SEED)}
+        return [r for r in self.reference_records() if r.path in paths]
+
+    def pointing_key(self, role: str, method: str, block: int = -2) -> str:
+        """checkpoint weights hash / method / block: the key of a pointing-score table entry."""
+        from mmt_core.checkpoint import WEIGHTS
+
+        weights = emb.file_hash(self.models[role].dir / WEIGHTS)[:16]
+        return f"{weights}/{method}/block{block}/{POINTING_CLIPS_PER_CLASS}perclass"
+
+    def compute_pointing(self, role: str, method: str, block: int = -2) -> dict:
+        """The pointing game of `method` for one demo model on `pointing_records()`."""
+        from mmt_core.evaluation import pointing_game
+
+        m = self.models[role]
+        with self._lock:
+            out = pointing_game(m.model, m.meta, self.pointing_records(), explainers=[method],
+                                block=block, progress=False)
+        res = out["pointing"][method]
+        res["seconds_per_clip"] = out["pointing_seconds"][method]
+        res["clip_set"] = (f"built-in test split (mmt synth --seed {REFERENCE_SEED} --split "
+                           f"test), first {POINTING_CLIPS_PER_CLASS} clips per class")
+        return res
+
+    def pointing_scores(self, role: str, method: str, block: int = -2, *,
+                        compute: bool = True) -> dict | None:
+        """The pointing game of `method` for one demo model on the built-in test clips
+        (`pointing_records`): {"accuracy", "energy", "centre_baseline", "random_baseline",
+        "frames", "clips", ...}. Looked up in checkpoints/pointing.json (precomputed for the
+        shipped checkpoints by scripts/precompute_pointing.py), then in the cache dir; both keyed
+        by the weights' hash. Otherwise computed once and cached when `compute`, else None."""
+        key = self.pointing_key(role, method, block)
+        shipped = self.checkpoints / "pointing.json"
+        for f in (shipped, self.cache_dir / "pointing" / "pointing.json"):
+            if f.is_file():
+                hit = json.loads(f.read_text()).get(key)
+                if hit is not None:
+                    return hit
+        if not compute:
+            return None
+        res = self.compute_pointing(role, method, block)
+        with self._lock:
+            f = self.cache_dir / "pointing" / "pointing.json"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            table = json.loads(f.read_text()) if f.is_file() else {}
+            table[key] = res
+            tmp = f.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1))
+            os.replace(tmp, f)
+        return res
 
     def embed(self, path, method: str = "umap", source: str = "mmt") -> dict:
         """Three scatter figures with the clip placed, and the ARI/HS table of every space.

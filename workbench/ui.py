@@ -14,6 +14,7 @@ import gradio as gr
 import numpy as np
 
 from mmt_core.errors import UserError
+from mmt_core.explain import list_explainers
 
 from .service import ROLE_TITLES, get_workbench
 
@@ -21,6 +22,10 @@ TOP = "(top prediction)"
 # Grad-CAM layer choices: the block before the last (pytorch-grad-cam's default for Transformers)
 # or the last stage-1 block, whose map is 2x finer (where MMT and video-only differ most here).
 CAM_LAYERS = {"block before the last": -2, "stage 1 (finer map)": 0}
+# Explain methods (mmt_core.explain): name -> one-line description, shown under the picker.
+METHODS = list_explainers()
+METHOD_TITLES = {"gradcam": "Grad-CAM", "relevance": "Attention relevance",
+                 "occlusion": "Occlusion", "audio_contrast": "Audio contrast"}
 ROLES = ("mmt", "audio", "video")
 INTRO = """# MMT Workbench
 Upload a short video clip (or pick a built-in one) to see what the **Multiscale Multimodal
@@ -122,23 +127,65 @@ def predict(clip):
             f"**Note:** {notes}" if notes else "")
 
 
+def method_info(method) -> str:
+    """The one-line description of an explain method (Markdown)."""
+    return f"**{METHOD_TITLES.get(method, method)}**: {METHODS.get(method, '')}"
+
+
+def _pointing_md(pointing: dict) -> str:
+    """Pointing scores per model as Markdown lines (or a note that they are not computed)."""
+    lines = []
+    for role, p in pointing.items():
+        if p is None:
+            lines.append(f"- {ROLE_TITLES[role]}: not computed yet for this method and layer "
+                         "(`python scripts/precompute_pointing.py`)")
+            continue
+        lines.append(f"- {ROLE_TITLES[role]}: peak in the box in **{p['accuracy']:.2f}** of "
+                     f"frames (energy {p['energy']:.2f}); centre baseline "
+                     f"{p['centre_baseline']:.2f}, random baseline {p['random_baseline']:.2f} "
+                     f"({p['clips']} clips, {p['frames']} frames)")
+    return "\n".join(lines)
+
+
 @_user_errors
-def explain(clip, target, layer=-2):
-    """clip, class (or TOP), CAM block → MMT and video-only CAM overlays, MMT audio CAM on the
-    spectrogram."""
+def explain(clip, target, layer=-2, method="gradcam"):
+    """clip, class (or TOP), CAM block, method → MMT and video-only map overlays (the sounding
+    object's box drawn on built-in clips), MMT's audio map on the spectrogram, and the method's
+    pointing scores on the built-in test clips."""
     wb = get_workbench()
     block = CAM_LAYERS.get(layer, layer)  # a choice's value, or its label from an API caller
     if block not in CAM_LAYERS.values():
         raise UserError(f"unknown CAM layer {layer!r}; choose one of {', '.join(CAM_LAYERS)}")
-    res = wb.explain(clip, None if target in (None, "", TOP) else target, block=block)
+    method = method or "gradcam"
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    res = wb.explain(clip, None if target in (None, "", TOP) else target, block=block,
+                     method=method)
     ov, tg = res["overlays"], res["targets"]
+    title = METHOD_TITLES.get(method, method)
     audio = res.get("audio_cams", {}).get("mmt")
-    fig = spectrogram_figure(res["fbank"], audio, title=f"MMT audio Grad-CAM for '{tg.get('mmt')}'",
+    fig = spectrogram_figure(res["fbank"], audio,
+                             title=(f"MMT audio {title} for '{tg.get('mmt')}'" if audio is not None
+                                    else f"{title} gives no audio map"),
                              seconds_per_frame=res["seconds_per_frame"])
     where = next(name for name, b in CAM_LAYERS.items() if b == block)
-    md = (f"Grad-CAM of the {where}, for class "
+    layer_note = f" of the {where}" if method == "gradcam" else ""
+    md = (f"{title}{layer_note}, for class "
           + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items()) + ".")
-    return _thumbs(ov["mmt"]), _thumbs(ov["video"]), fig, md
+    if res["boxes"] is not None:
+        md += " White box: the sounding object."
+    if method == "audio_contrast":
+        md += " (The video-only model has no sound, so no audio contrast.)"
+    md += "\n\n**Pointing game** on the built-in test clips:\n" + _pointing_md(res["pointing"])
+    video = _thumbs(ov["video"]) if "video" in ov else []
+    return _thumbs(ov["mmt"]), video, fig, md
+
+
+def explain_if_clip(clip, target, layer=-2, method="gradcam"):
+    """A method change re-explains the current clip; with no clip yet it changes nothing."""
+    if clip is None or clip == "":
+        return (gr.update(),) * 4
+    return explain(clip, target, layer, method)
 
 
 @_user_errors
@@ -233,7 +280,7 @@ def timeline(clip):
 
 
 @_user_errors
-def jump(clip, start, target, layer=-2):
+def jump(clip, start, target, layer=-2, method="gradcam"):
     """A window start (the slider or a timeline click) → that window's frames and Explain tab."""
     wb = get_workbench()
     start = float(start or 0.0)
@@ -243,18 +290,20 @@ def jump(clip, start, target, layer=-2):
     block = CAM_LAYERS.get(layer, layer)
     if block not in CAM_LAYERS.values():
         block = -2
+    method = method if method in METHODS else "gradcam"
     res = wb.explain(clip, None if target in (None, "", TOP) else target, block=block,
-                     start=start)
+                     method=method, start=start)
     ov, tg = res["overlays"], res["targets"]
+    title = METHOD_TITLES.get(method, method)
     audio = res.get("audio_cams", {}).get("mmt")
-    fig = spectrogram_figure(res["fbank"], audio, title=f"MMT audio Grad-CAM for '{tg.get('mmt')}'"
+    fig = spectrogram_figure(res["fbank"], audio, title=f"MMT audio {title} for '{tg.get('mmt')}'"
                              f" (window at {start:.1f} s)",
                              seconds_per_frame=res["seconds_per_frame"])
     md = (f"Window {start:.1f}–{start + wb.models['mmt'].meta['preprocessing']['clip_seconds']:.1f}"
-          " s; Grad-CAM for class " + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items())
-          + ".")
-    return (_thumbs(frames), _thumbs(ov["mmt"]), _thumbs(ov["video"]), fig, md,
-            gr.update(value=start))
+          f" s; {title} for class "
+          + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items()) + ".")
+    video = _thumbs(ov["video"]) if "video" in ov else []
+    return _thumbs(frames), _thumbs(ov["mmt"]), video, fig, md, gr.update(value=start)
 
 
 # ---------------------------------------------------------------------------- models + teach
@@ -525,15 +574,16 @@ def timeline_panel():
     return plot, slider, md, click, btn
 
 
-def wire_timeline(clip, plot, slider, md, click, btn, target, layer, frames,
+def wire_timeline(clip, plot, slider, md, click, btn, target, layer, method, frames,
                   explain_out) -> None:
     hidden = {"api_visibility": "private"}
     # every new clip (upload, example, API) gets its timeline; clearing the clip clears it
     clip.change(timeline, clip, [plot, slider, md], api_name="timeline")
     jump_out = [frames, *explain_out[:2], explain_out[2], explain_out[3], slider]
-    slider.release(jump, [clip, slider, target, layer], jump_out, api_name="window")
+    jump_in = [clip, slider, target, layer, method]
+    slider.release(jump, jump_in, jump_out, api_name="window")
     btn.click(_click_to_start, [click, clip], slider, api_name="timeline_click", **hidden) \
-        .success(jump, [clip, slider, target, layer], jump_out, api_name="click_window", **hidden)
+        .success(jump, jump_in, jump_out, api_name="click_window", **hidden)
 
 
 def _click_to_start(x, clip):
@@ -584,15 +634,18 @@ def build_demo() -> gr.Blocks:
                     # Choices arrive at page load; API callers may name any class (checked).
                     target = gr.Dropdown(label="Class to explain", choices=[TOP], value=TOP,
                                          allow_custom_value=True)
+                    method_pick = gr.Radio([(METHOD_TITLES.get(n, n), n) for n in METHODS],
+                                           value="gradcam", label="Method", elem_id="method")
                     layer = gr.Radio(list(CAM_LAYERS.items()), value=-2, label="CAM layer")
                     explain_btn = gr.Button("Explain", variant="primary")
+                method_md = gr.Markdown(method_info("gradcam"), elem_id="method-info")
                 with gr.Row():
-                    cam_mmt = gr.Gallery(label="MMT video Grad-CAM", columns=4, height=310,
+                    cam_mmt = gr.Gallery(label="MMT video map", columns=4, height=310,
                                          elem_id="cam-mmt")
-                    cam_video = gr.Gallery(label="Video-only Grad-CAM", columns=4, height=310,
+                    cam_video = gr.Gallery(label="Video-only map", columns=4, height=310,
                                            elem_id="cam-video")
-                audio_plot = gr.Plot(label="Audio Grad-CAM", elem_id="cam-audio")
-                explain_md = gr.Markdown()
+                audio_plot = gr.Plot(label="Audio map", elem_id="cam-audio")
+                explain_md = gr.Markdown(elem_id="explain-md")
             with gr.Tab("Embeddings", id="embeddings"):
                 with gr.Row():
                     method = gr.Radio([("UMAP", "umap"), ("t-SNE", "tsne"), ("PCA", "pca")],
@@ -620,24 +673,29 @@ def build_demo() -> gr.Blocks:
         embed_out = [*plots, scores, embed_md]
         # The public endpoints: one input (the clip) for predict, as the API promises.
         ev = clip.upload(predict, clip, pred_out, api_name="predict")
-        explain_btn.click(explain, [clip, target, layer], explain_out, api_name="explain")
+        explain_in = [clip, target, layer, method_pick]
+        explain_btn.click(explain, explain_in, explain_out, api_name="explain")
+        method_pick.change(method_info, method_pick, method_md, api_name="method_info",
+                           api_visibility="private") \
+            .success(explain_if_clip, explain_in, explain_out, api_name="method_explain",
+                     api_visibility="private")
         gr.on([method.change, source.change], embed, [clip, method, source], embed_out,
               api_name="embed")
         abl_btn.click(ablations, None, [abl_table, abl_plot, abl_md], api_name="ablations")
         # Private chains (named so they never take the public names): an upload or an example
         # fills every tab.
         hidden = {"api_visibility": "private"}
-        ev.success(explain, [clip, target, layer], explain_out, api_name="upload_explain",
+        ev.success(explain, explain_in, explain_out, api_name="upload_explain",
                    **hidden) \
           .success(embed, [clip, method, source], embed_out, api_name="upload_embed", **hidden)
         example.change(use_example, example, clip, api_name="example", **hidden) \
             .success(predict, clip, pred_out, api_name="example_predict", **hidden) \
-            .success(explain, [clip, target, layer], explain_out, api_name="example_explain",
+            .success(explain, explain_in, explain_out, api_name="example_explain",
                      **hidden) \
             .success(embed, [clip, method, source], embed_out, api_name="example_embed", **hidden)
         demo.load(page_load, None, [example, target], api_name="page_load", **hidden)
         wire_timeline(clip, tl_plot, tl_slider, tl_md, tl_click, tl_jump, target,
-                      layer, frames, explain_out)
+                      layer, method_pick, frames, explain_out)
         models.change(switch_models, models, [models_md, target], api_name="models")
         wire_teach(teach, models, target, models_md)
         demo.load(page_models, None, [models, models_md], api_name="page_models", **hidden)

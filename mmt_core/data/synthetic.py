@@ -4,9 +4,18 @@ Three looks (red ball, blue box, green star) and three sounds (drum, bell, whist
 classes on a cycle: each look belongs to two classes and each sound to two, so a video-only model
 tops out near 50 %, an audio-only model near 50 %, and a model that binds the sound to the object
 that makes it reaches ~100 %. The sounding object hits (jumps, squashes, flashes) exactly at the
-audio event onsets; a silent distractor of another look glides smoothly. Everything else (event
-times and counts, loudness, positions, sizes, background, noise) is drawn independently of the
-class. Each clip has a JSON sidecar with the sounding object's box per frame (pointing game).
+audio event onsets; a silent distractor glides smoothly. Everything else (event times and counts,
+loudness, positions, sizes, background, noise) is drawn independently of the class. Each clip has
+a JSON sidecar with the sounding object's box per frame (pointing game).
+
+Generator versions (`generator_version` in every sidecar and in OUT/generator.json):
+- 1: the distractor has one of the two *other* looks. This leaks: "the blue box glides" says
+  the sounding object is not a box, so a model can read the class off the distractor
+  (checkpoints/README.md). The shipped demo checkpoints were trained on version 1.
+- 2: the distractor's look is drawn uniformly from all three looks, independently of the class
+  (two red balls: one hits with the sound, one glides), so only the object that acts with the
+  sound carries class evidence.
+A folder holds clips of one version: writing another version into it is an error.
 """
 from __future__ import annotations
 
@@ -32,6 +41,9 @@ SECONDS = 4.0  # clip length
 SIZE = 128  # frame side in pixels (H = W)
 AUDIO_RATE = 44100  # on purpose not 16 kHz: decoding must resample
 MANIFEST = "manifest.csv"
+VERSION_FILE = "generator.json"  # {"generator_version": v} next to manifest.csv
+GENERATOR_VERSIONS = (1, 2)
+DEFAULT_VERSION = 1  # what the shipped checkpoints were trained on; 2 once they are retrained
 
 
 class SynthClass(NamedTuple):
@@ -215,10 +227,22 @@ def _clip_rng(seed: int, split: str, label: int, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode()), label, i])
 
 
-def make_clip(path: str | Path, label: int, rng: np.random.Generator) -> dict:
+def _check_version(version) -> int:
+    if isinstance(version, bool) or version not in GENERATOR_VERSIONS:
+        raise UserError(f"--version must be one of {', '.join(map(str, GENERATOR_VERSIONS))}, "
+                        f"got {version!r}")
+    return int(version)
+
+
+def distractor_looks(look: str, version: int) -> list[str]:
+    """The looks the distractor is drawn from (uniformly) for a sounding object of `look`."""
+    return [lk for lk in LOOKS if lk != look] if _check_version(version) == 1 else list(LOOKS)
+
+
+def make_clip(path: str | Path, label: int, rng: np.random.Generator, version: int = 1) -> dict:
     """Write one clip of class `label` to `path` (+ `path.json` sidecar); returns the sidecar."""
     cls = CLASSES[label]
-    other = str(rng.choice([lk for lk in LOOKS if lk != cls.look]))
+    other = str(rng.choice(distractor_looks(cls.look, version)))
     events = _event_times(rng)
     frames, boxes, times = _render(cls.look, other, events, rng)
     audio = _audio(cls.sound, events, rng)
@@ -226,8 +250,8 @@ def make_clip(path: str | Path, label: int, rng: np.random.Generator) -> dict:
     tmp = path.with_name(path.stem + ".part.mp4")
     _encode(tmp, frames, audio)
     os.replace(tmp, path)
-    side = {"class": cls.name, "label": label, "look": cls.look, "sound": cls.sound,
-            "distractor": other, "fps": FPS, "width": SIZE, "height": SIZE,
+    side = {"generator_version": version, "class": cls.name, "label": label, "look": cls.look,
+            "sound": cls.sound, "distractor": other, "fps": FPS, "width": SIZE, "height": SIZE,
             "seconds": SECONDS, "audio_rate": AUDIO_RATE, "events": events.tolist(),
             "frame_times": np.round(times, 6).tolist(),
             "boxes": np.round(boxes, 2).tolist()}
@@ -236,17 +260,32 @@ def make_clip(path: str | Path, label: int, rng: np.random.Generator) -> dict:
 
 
 def _make_job(job: tuple) -> str:
-    path, label, seed, split, i = job
-    make_clip(path, label, _clip_rng(seed, split, label, i))
+    path, label, seed, split, i, version = job
+    make_clip(path, label, _clip_rng(seed, split, label, i), version)
     return path
 
 
+def folder_version(out: str | Path) -> int | None:
+    """The generator version of the clips in folder `out`: OUT/generator.json, else 1 when the
+    folder already has a manifest (written before versions were recorded), else None (empty)."""
+    out = Path(out)
+    f = out / VERSION_FILE
+    if f.is_file():
+        try:
+            return int(json.loads(f.read_text())["generator_version"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{f} is not a generator version file ({e})") from None
+    return 1 if (out / MANIFEST).is_file() else None
+
+
 def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, split: str = "train",
-                  progress: bool = True, workers: int = 0) -> dict:
+                  progress: bool = True, workers: int = 0, version: int | None = None) -> dict:
     """Write clips_per_class clips of each class under out/split/ and append them to out/manifest.csv.
 
     File names carry split and seed, so later calls with another split or seed add clips and
     never overwrite others; rerunning the same split+seed rewrites the same files (identical).
+    `version`: the generator version (module docstring; None: the folder's version, else
+    DEFAULT_VERSION); a folder holds one version only.
     """
     if not isinstance(clips_per_class, int) or clips_per_class < 1:
         raise UserError(f"--clips-per-class must be a positive integer, got {clips_per_class}")
@@ -259,6 +298,11 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out exists and is not a directory: {out}")
+    have = folder_version(out)
+    version = _check_version(version if version is not None else have or DEFAULT_VERSION)
+    if have is not None and have != version:
+        raise UserError(f"{out} holds generator version {have} clips; write version {version} "
+                        f"into another folder (versions are never mixed)")
     t0 = time.monotonic()
     try:
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -269,7 +313,7 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
         for i in range(clips_per_class):
             rel = f"{split}/{split}_s{seed}_{cls.name}_{i:04d}.mp4"
             rows.append({"path": rel, "label": cls.name, "split": split})
-            jobs.append((str(out / rel), label, seed, split, i))
+            jobs.append((str(out / rel), label, seed, split, i, version))
     # each clip has its own Generator, so clips are identical however they are spread over workers
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) >= 12:
@@ -282,8 +326,11 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
         print(file=sys.stderr)
     manifest = out / MANIFEST
     _append_manifest(manifest, rows)
+    if not (out / VERSION_FILE).is_file():
+        (out / VERSION_FILE).write_text(json.dumps({"generator_version": version}) + "\n")
     return {"clips": len(rows), "classes": [c.name for c in CLASSES], "out": str(out),
-            "manifest": str(manifest), "seconds": round(time.monotonic() - t0, 2)}
+            "manifest": str(manifest), "generator_version": version,
+            "seconds": round(time.monotonic() - t0, 2)}
 
 
 def _drain(results, total: int, progress: bool) -> None:
@@ -309,18 +356,55 @@ def _append_manifest(manifest: Path, rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- sidecars
-def load_boxes(clip_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(frame times (N,), sounding-object boxes (N, 4) [x0, y0, x1, y1] in pixels) of a clip."""
+def load_sidecar(clip_path: str | Path) -> dict:
+    """The JSON sidecar of a clip (built-in clips, or any set in the same form, e.g. the
+    instruments set): needs `frame_times` and per-frame `boxes`; `events` is optional."""
     side = Path(clip_path).with_suffix(".json")
     if not side.is_file():
         raise UserError(f"no box sidecar for {clip_path} (expected {side}); only built-in clips have one")
-    d = json.loads(side.read_text())
+    try:
+        d = json.loads(side.read_text())
+    except ValueError as e:
+        raise UserError(f"{side} is not valid JSON ({e})") from None
+    if "boxes" not in d or "frame_times" not in d:
+        raise UserError(f"{side} has no per-frame 'boxes' and 'frame_times'")
+    return d
+
+
+def load_boxes(clip_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(frame times (N,), sounding-object boxes (N, 4) [x0, y0, x1, y1] in pixels) of a clip."""
+    d = load_sidecar(clip_path)
     return np.asarray(d["frame_times"], np.float64), np.asarray(d["boxes"], np.float32)
+
+
+def check_one_version(clip_paths) -> int | None:
+    """The one generator version of built-in clips' sidecars (None: sidecars without a version,
+    e.g. real-recording sets); a UserError when versions are mixed."""
+    seen = {}
+    for p in clip_paths:
+        side = Path(p).with_suffix(".json")
+        if side.is_file():
+            d = json.loads(side.read_text())
+            v = d.get("generator_version")
+            if v is None and "events" in d and "distractor" in d:
+                v = 1  # a built-in clip written before versions were recorded
+            seen.setdefault(v, str(p))
+    versions = sorted(v for v in seen if v is not None)
+    if len(versions) > 1:
+        raise UserError(f"clips of generator versions {versions} are mixed (e.g. "
+                        f"{seen[versions[0]]} and {seen[versions[1]]}); keep one version per manifest")
+    return versions[0] if versions else None
 
 
 def boxes_at(clip_path: str | Path, times) -> np.ndarray:
     """Boxes (len(times), 4) of the frames shown at `times` seconds (the frame at or before t)."""
-    ft, boxes = load_boxes(clip_path)
-    fps = 1.0 / (ft[1] - ft[0]) if len(ft) > 1 else FPS
+    return sidecar_boxes_at(load_sidecar(clip_path), times)
+
+
+def sidecar_boxes_at(side: dict, times) -> np.ndarray:
+    """`boxes_at` on a loaded sidecar dict."""
+    ft = np.asarray(side["frame_times"], np.float64)
+    boxes = np.asarray(side["boxes"], np.float32)
+    fps = 1.0 / (ft[1] - ft[0]) if len(ft) > 1 else float(side.get("fps", FPS))
     idx = np.clip(np.floor(np.asarray(times, np.float64) * fps + 1e-6).astype(int), 0, len(boxes) - 1)
     return boxes[idx]

@@ -20,6 +20,7 @@ Q/K (one-hot key columns) was measured and rejected: +144 QK dims cost more than
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -161,6 +162,10 @@ class MultiScaleAttention(nn.Module):
         self.residual_pool = residual_pool
         self.residual_prefix = residual_prefix
         self.chunk_queries = 1024  # grid queries per CPU inference attention call (>= 768: SDPA's big blocks)
+        # Explicit softmax (off by default; `explicit_attention`): the attention probabilities
+        # are kept in `last_attn`, (B, heads, P+Nq, P+Nk), with their gradient (explainers).
+        self.explicit = False
+        self.last_attn: Tensor | None = None
         self.axis_names = tuple(axis_names)
         self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
         self.proj = nn.Linear(dim_out, dim_out)
@@ -208,6 +213,29 @@ class MultiScaleAttention(nn.Module):
 
         P, h = num_prefix, self.num_heads
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, P+Nk, d) views
+        if self.explicit:
+            out = self._explicit(q, kh, vh, q_grid, k_grid, P)
+        else:
+            out = self._sdpa(q, kh, vh, q_grid, k_grid, P)
+        if self.residual_pool:  # residual pooling, on prefix tokens only if asked
+            r = 0 if self.residual_prefix else P
+            out[:, r:] += q[:, r:]
+        return self.proj(out.reshape(B, -1, self.dim_out))  # (B, P+Nq, heads*d)
+
+    def _explicit(self, q: Tensor, kh: Tensor, vh: Tensor, q_grid: Grid, k_grid: Grid,
+                  P: int) -> Tensor:
+        """softmax(QK^T/sqrt(d) + E_rel) V written out, keeping A (and its gradient)."""
+        bias = rel_pos_bias(q, q_grid, k_grid, self.rel_tables(), P)  # (B, heads, P+Nq, P+Nk)
+        qh = q.transpose(1, 2)  # (B, heads, P+Nq, d)
+        attn = (qh @ kh.transpose(-2, -1) * self.head_dim ** -0.5 + bias).softmax(-1)
+        if attn.requires_grad:
+            attn.retain_grad()
+        self.last_attn = attn
+        return (attn @ vh).transpose(1, 2).contiguous()  # (B, P+Nq, heads, d), a fresh tensor
+
+    def _sdpa(self, q: Tensor, kh: Tensor, vh: Tensor, q_grid: Grid, k_grid: Grid,
+              P: int) -> Tensor:
+        B, h = q.shape[0], self.num_heads
         # Prefix queries have no bias. SDPA's output follows the query's layout, so the
         # transposes back to token-major are free views.
         outs = [F.scaled_dot_product_attention(q[:, :P].transpose(1, 2), kh, vh).transpose(1, 2)] if P else []
@@ -227,11 +255,23 @@ class MultiScaleAttention(nn.Module):
             _sum_into([t[:, :, a0:a1] for t in terms], b[..., P:].view(B, h, a1 - a0, *q_grid[1:], *k_grid))
             qc = q[:, P + a0 * row:P + a1 * row].transpose(1, 2)  # (B, heads, chunk, d)
             outs.append(F.scaled_dot_product_attention(qc, kh, vh, attn_mask=b).transpose(1, 2))
-        out = torch.cat(outs, dim=1)  # (B, P+Nq, heads, d), a fresh tensor
-        if self.residual_pool:  # residual pooling, on prefix tokens only if asked
-            r = 0 if self.residual_prefix else P
-            out[:, r:] += q[:, r:]
-        return self.proj(out.reshape(B, -1, self.dim_out))  # (B, P+Nq, heads*d)
+        return torch.cat(outs, dim=1)  # (B, P+Nq, heads, d), a fresh tensor
+
+
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module):
+    """Within the block, every MultiScaleAttention of `model` computes its softmax explicitly and
+    keeps the probabilities in `.last_attn` (with `.grad` after a backward pass); the outputs
+    equal the SDPA path's (a test). Yields the attention modules in `model.modules()` order."""
+    mods = [m for m in model.modules() if isinstance(m, MultiScaleAttention)]
+    old = [m.explicit for m in mods]
+    for m in mods:
+        m.explicit, m.last_attn = True, None
+    try:
+        yield mods
+    finally:
+        for m, o in zip(mods, old):
+            m.explicit, m.last_attn = o, None
 
 
 class Mlp(nn.Module):

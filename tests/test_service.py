@@ -1,0 +1,68 @@
+"""workbench.service without the Gradio page: example clips follow the checkpoint's generator
+version, and the Explain results carry the method, boxes and pointing scores."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wb_helpers import make_checkpoint, one_torch_thread
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny"):
+        make_checkpoint(out, n)
+    return out
+
+
+def test_examples_follow_the_checkpoints_generator_version(ckpts, tmp_path):
+    from workbench.service import Workbench
+
+    wb = Workbench(checkpoints=ckpts, cache_dir=tmp_path / "v1")
+    assert wb.generator_version == 1  # not recorded: the shipped checkpoints' version
+    side = json.loads(wb.examples()[0].with_suffix(".json").read_text())
+    assert side["generator_version"] == 1 and wb.examples()[0].parent.parent.name == "examples"
+    cfg = ckpts / "mmt_tiny" / "config.json"
+    meta = json.loads(cfg.read_text())
+    meta["data"]["generator_version"] = 2
+    cfg.write_text(json.dumps(meta))
+    try:
+        wb2 = Workbench(checkpoints=ckpts, cache_dir=tmp_path / "v2")
+        assert wb2.generator_version == 2
+        clips = wb2.examples()
+        assert clips[0].parent.parent.name == "examples_v2"
+        assert {json.loads(c.with_suffix(".json").read_text())["generator_version"]
+                for c in clips} == {2}
+    finally:
+        meta["data"].pop("generator_version")
+        cfg.write_text(json.dumps(meta))
+
+
+def test_explain_result_has_method_boxes_and_pointing(ckpts, tmp_path):
+    import shutil
+
+    from workbench.service import Workbench
+
+    wb = Workbench(checkpoints=ckpts, cache_dir=tmp_path / "c")
+    example = wb.examples()[2]
+    upload = tmp_path / "upload.mp4"  # another name, the same bytes: found by content
+    shutil.copyfile(example, upload)
+    res = wb.explain(upload, method="relevance")
+    assert res["method"] == "relevance" and res["boxes"] is not None
+    assert res["boxes"].shape == (8, 4)
+    assert set(res["overlays"]) == {"mmt", "video"} and res["audio_cams"]["mmt"].shape == (128, 320)
+    assert res["pointing"] == {"mmt": None, "video": None}  # random weights: nothing precomputed
+    con = wb.explain(upload, method="audio_contrast")
+    assert set(con["overlays"]) == {"mmt"} and "audio_cams" not in con
+    from mmt_core.errors import UserError
+
+    with pytest.raises(UserError, match="unknown method"):
+        wb.explain(upload, method="saliency")
