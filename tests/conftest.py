@@ -81,3 +81,28 @@ def synth_dir(tmp_path_factory):
     write_dataset(out, clips_per_class=2, seed=0, split="train", progress=False)
     write_dataset(out, clips_per_class=1, seed=1, split="test", progress=False)
     return out
+
+
+# Randomly initialised demo checkpoints (mmt_tiny, mvit_tiny_video, mat_tiny) and one built-in
+# test clip prepared for each: shared by the explainer and Grad-CAM tests.
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    from wb_helpers import make_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt")
+    return {n: make_checkpoint(out, n) for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny")}
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpts):
+    from mmt_core.checkpoint import load_checkpoint
+
+    return {n: load_checkpoint(d) for n, d in ckpts.items()}
+
+
+@pytest.fixture(scope="module")
+def prepared(loaded, synth_dir):
+    from mmt_core.inference import prepare_clip
+
+    clip = sorted((synth_dir / "test").glob("*.mp4"))[0]
+    return {n: prepare_clip(clip, meta) for n, (_, meta) in loaded.items()}

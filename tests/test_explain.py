@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from wb_helpers import make_checkpoint, one_torch_thread
+from wb_helpers import one_torch_thread
 
 from mmt_core.explain import EXPLAINERS, applicable, get_explainer, list_explainers
 from mmt_core.models.multiscale import MultiScaleBlock, explicit_attention
@@ -23,25 +23,6 @@ def one_thread():
         yield
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    return {n: make_checkpoint(out, n) for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny")}
-
-
-@pytest.fixture(scope="module")
-def loaded(ckpts):
-    from mmt_core.checkpoint import load_checkpoint
-
-    return {n: load_checkpoint(d) for n, d in ckpts.items()}
-
-
-@pytest.fixture(scope="module")
-def prepared(loaded, synth_dir):
-    from mmt_core.inference import prepare_clip
-
-    clip = sorted((synth_dir / "test").glob("*.mp4"))[0]
-    return {n: prepare_clip(clip, meta) for n, (_, meta) in loaded.items()}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pytorch_grad_cam")
 
-from wb_helpers import make_checkpoint, one_torch_thread  # noqa: E402
+from wb_helpers import one_torch_thread  # noqa: E402
 
 from workbench import gradcam  # noqa: E402
 
@@ -18,25 +18,6 @@ def one_thread():
         yield
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    return {n: make_checkpoint(out, n) for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny")}
-
-
-@pytest.fixture(scope="module")
-def loaded(ckpts):
-    from mmt_core.checkpoint import load_checkpoint
-
-    return {n: load_checkpoint(d) for n, d in ckpts.items()}
-
-
-@pytest.fixture(scope="module")
-def prepared(loaded, synth_dir):
-    from mmt_core.inference import prepare_clip
-
-    clip = next((synth_dir / "test").glob("*.mp4"))
-    return {n: prepare_clip(clip, meta) for n, (_, meta) in loaded.items()}
 
 
 def test_video_cam_shape_range_at_frame_resolution(loaded, prepared):
