@@ -2,7 +2,10 @@
 
     from mmt_core.ablations import run_ablations
     from mmt_core.config import load_config
-    run_ablations(load_config("configs/ablations/base.yaml"), "runs/ablations")
+    run_ablations(load_config("configs/ablations/base.yaml"), "runs/ablations", seeds=[0, 1, 2])
+
+or from the shell, one process per seed if you like (they share the summary):
+    mmt ablate --config configs/ablations/base.yaml --out runs/ablations --seed 0 --seed 1 --seed 2
 
 The same rows exist as YAML files in configs/ablations/ (one per row, `base: base.yaml`), for
 `mmt train --config configs/ablations/avc_imc.yaml`; a test keeps the two in agreement.
@@ -56,36 +59,130 @@ def row_config(base_cfg: ExperimentConfig, row: str) -> ExperimentConfig:
 
 
 def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = None,
-                  eval_split: str = "test", pointing: bool = True, progress: bool = True) -> dict:
-    """Train each row into out_dir/ROW, evaluate its last checkpoint on `eval_split` (and, for rows
-    with a video encoder, the Grad-CAM pointing game with its baselines when `pointing`); write out_dir/ablations.json
-    after each row (so an interrupted sweep keeps what it finished). Returns {row: {top1, ...}}."""
+                  eval_split: str = "test", pointing: bool = True, progress: bool = True,
+                  seeds=(0,), explainers=("gradcam", "relevance"),
+                  pointing_per_class: int | None = 5) -> dict:
+    """Train each row once per seed (`train.seed`) into out_dir/seed{S}/ROW, evaluate its last
+    checkpoint on `eval_split` (top-1 on every clip; for rows with a video encoder and when
+    `pointing`, the pointing game of `explainers` on the first `pointing_per_class` clips of each
+    class, None = all), write out_dir/seed{S}/ablations.json after each row and the summary over
+    every seed folder (`summarize_ablations`) to out_dir/ablations.json. An interrupted sweep
+    keeps what it finished; seeds may run as separate processes on one out_dir. Returns the
+    summary: {row: {top1, top1_sd, pointing, pointing_best, ...}}."""
     from .engine import train
     from .evaluation import evaluate_checkpoint
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "ablations.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for row in rows or list(ABLATION_ROWS):
-        cfg = row_config(base_cfg, row)
-        run = train(cfg, out / row, progress=progress)
-        # The last checkpoint, not the best: no row is chosen by its score on the eval split.
-        report = evaluate_checkpoint(run["last"], cfg.data.manifest, split=eval_split,
-                                     views=cfg.data.test_views, batch_size=cfg.train.batch_size,
-                                     pointing=pointing and "v" in cfg.model_args.get("modalities", "av"),
-                                     explainers=["gradcam"], progress=progress)
-        # "pointing": Grad-CAM's frame accuracy (the Ablations tab's column), with baselines
-        scores = report.get("pointing", {}).get("gradcam")
-        results[row] = {"top1": report.get("top1"), "top5": report.get("top5"),
-                        "pointing": scores["accuracy"] if scores else None,
-                        "pointing_scores": scores, "split": eval_split,
-                        "clips": report.get("clips"), "skipped": report.get("skipped"),
-                        "steps": run["step"], "epochs": run["epoch"],
-                        "train_seconds": run["seconds"], "overrides": ABLATION_ROWS[row],
-                        "model": cfg.model, "init": cfg.train.init}
-        results = {k: results[k] for k in sorted(results, key=_row_order)}  # Table 2's order
-        tmp = results_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, results_path)
-    return results
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        results_path = seed_dir / "ablations.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        for row in rows or list(ABLATION_ROWS):
+            cfg = row_config(base_cfg, row)
+            cfg.train.seed = int(seed)
+            run = train(cfg, seed_dir / row, progress=progress)
+            # The last checkpoint, not the best: no row is chosen by its score on the eval split.
+            report = evaluate_checkpoint(run["last"], cfg.data.manifest, split=eval_split,
+                                         views=cfg.data.test_views,
+                                         batch_size=cfg.train.batch_size, progress=progress)
+            scores = {}
+            if pointing and "v" in cfg.model_args.get("modalities", "av"):
+                scores = _pointing(run["last"], cfg.data.manifest, eval_split, explainers,
+                                   pointing_per_class, progress)
+            results[row] = {"seed": int(seed), "top1": report.get("top1"),
+                            "top5": report.get("top5"), "pointing_scores": scores,
+                            "split": eval_split, "clips": report.get("clips"),
+                            "skipped": report.get("skipped"), "steps": run["step"],
+                            "epochs": run["epoch"], "train_seconds": run["seconds"],
+                            "overrides": ABLATION_ROWS[row], "model": cfg.model,
+                            "init": cfg.train.init}
+            results = {k: results[k] for k in sorted(results, key=_row_order)}  # Table 2's order
+            _write_json(results_path, results)
+            summarize_ablations(out)
+    return summarize_ablations(out) if seeds else {}
+
+
+def _pointing(checkpoint, manifest, split, explainers, per_class, progress) -> dict:
+    """{explainer: pointing scores} of one checkpoint on the first `per_class` clips per class."""
+    from . import checkpoint as ckpt
+    from .data.manifests import read_manifest
+    from .evaluation import _remap_labels, pointing_game
+
+    model, meta = ckpt.load_checkpoint(checkpoint, "cpu")
+    man = read_manifest(manifest, split=split)
+    records = _remap_labels([r for r in man.records if r.split == split], man.classes,
+                            meta["classes"])
+    if per_class:
+        seen: dict = {}
+        head = next(iter(meta["classes"]))
+        keep = []
+        for r in records:  # manifest order: the first clips of each class
+            label = r.labels[head]
+            if seen.get(label, 0) < per_class:
+                seen[label] = seen.get(label, 0) + 1
+                keep.append(r)
+        records = keep
+    return pointing_game(model, meta, records, explainers=list(explainers),
+                         progress=progress)["pointing"]
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value) of the non-None values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+    return mean, sd
+
+
+def summarize_ablations(out_dir) -> dict:
+    """Merge out_dir/seed*/ablations.json into out_dir/ablations.json: per row the mean and the
+    sample sd over seeds of top-1 and of each explainer's pointing accuracy, "pointing" = Grad-CAM's
+    mean (the paper's method), "pointing_best" = the explainer with the highest mean accuracy."""
+    out = Path(out_dir)
+    per_seed = {}
+    for f in sorted(out.glob("seed*/ablations.json")):
+        for row, r in json.loads(f.read_text()).items():
+            per_seed.setdefault(row, []).append(r)
+    summary = {}
+    for row in sorted(per_seed, key=_row_order):
+        runs = sorted(per_seed[row], key=lambda r: r["seed"])
+        top1, top1_sd = _mean_sd([r["top1"] for r in runs])
+        top5, _ = _mean_sd([r["top5"] for r in runs])
+        names = sorted({n for r in runs for n in (r.get("pointing_scores") or {})})
+        explainers = {}
+        for n in names:
+            got = [r["pointing_scores"][n] for r in runs if n in (r.get("pointing_scores") or {})]
+            acc, acc_sd = _mean_sd([g["accuracy"] for g in got])
+            energy, _ = _mean_sd([g.get("energy") for g in got])
+            explainers[n] = {"accuracy": acc, "accuracy_sd": acc_sd, "energy": energy,
+                             "frames": got[0].get("frames"), "clips": got[0].get("clips"),
+                             "centre_baseline": got[0].get("centre_baseline"),
+                             "random_baseline": got[0].get("random_baseline")}
+        best = max(explainers, key=lambda n: explainers[n]["accuracy"]) if explainers else None
+        cam = explainers.get("gradcam", {})
+        summary[row] = {
+            "top1": top1, "top1_sd": top1_sd, "top5": top5,
+            "pointing": cam.get("accuracy"), "pointing_sd": cam.get("accuracy_sd"),
+            "pointing_best": ({"explainer": best, "accuracy": explainers[best]["accuracy"],
+                               "accuracy_sd": explainers[best]["accuracy_sd"]} if best else None),
+            "explainers": explainers,
+            "seeds": [r["seed"] for r in runs],
+            "per_seed": {str(r["seed"]): {"top1": r["top1"], "pointing": {
+                n: s["accuracy"] for n, s in (r.get("pointing_scores") or {}).items()}}
+                for r in runs},
+            "split": runs[0]["split"], "clips": runs[0]["clips"], "skipped": runs[0]["skipped"],
+            "steps": runs[0]["steps"], "epochs": runs[0]["epochs"],
+            "train_seconds": _mean_sd([r["train_seconds"] for r in runs])[0],
+            "overrides": runs[0]["overrides"], "model": runs[0]["model"], "init": runs[0]["init"]}
+    if summary:
+        _write_json(out / "ablations.json", summary)
+    return summary
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)

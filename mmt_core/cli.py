@@ -107,6 +107,24 @@ def cmd_compare(a) -> dict:
     return result
 
 
+def cmd_ablate(a) -> dict:
+    from .ablations import ABLATION_ROWS, run_ablations, summarize_ablations
+    from .config import load_config
+
+    for row in a.row or []:
+        if row not in ABLATION_ROWS:
+            raise UserError(f"unknown ablation row '{row}'; rows: {', '.join(ABLATION_ROWS)}")
+    if a.summarize:
+        res = summarize_ablations(a.out)
+        if not res:
+            raise UserError(f"no seed*/ablations.json under {a.out}")
+        return res
+    cfg = load_config(a.config, a.set)
+    return run_ablations(cfg, a.out, rows=a.row, seeds=a.seed or [0], eval_split=a.split,
+                         pointing=not a.no_pointing, explainers=a.explainer or ["gradcam", "relevance"],
+                         pointing_per_class=a.pointing_per_class or None, progress=not a.json)
+
+
 def cmd_eval(a) -> dict:
     from .engine import evaluate_checkpoint
 
@@ -162,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--split", default="train")
     sp.add_argument("--version", type=int, default=None,
-                    help="generator version: 1 (the shipped checkpoints' data; the distractor has "
-                         "another look) or 2 (the distractor's look is drawn from all three); "
-                         "default: the folder's version, else 1")
+                    help="generator version: 2 (the shipped checkpoints' data; the distractor's "
+                         "look is drawn from all three) or 1 (the first generator: the distractor "
+                         "has another look, which leaks the class); default: the folder's "
+                         "version, else 2")
 
     sp = add("stats", cmd_stats, "fbank normalisation mean/std of a dataset")
     sp.add_argument("--manifest", required=True)
@@ -212,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, default=None, help="training epochs of each model")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the own-data recipes (all three models)")
+
+    sp = add("ablate", cmd_ablate, "the paper's Table 2 rows: train each row per seed, score "
+             "top-1 and the pointing game, summarise mean ± sd over seeds")
+    sp.add_argument("--config", default="configs/ablations/base.yaml", help="the rows' base recipe")
+    sp.add_argument("--out", required=True, help="sweep directory (seed*/ROW/, ablations.json)")
+    sp.add_argument("--seed", type=int, action="append", default=None,
+                    help="training seed (repeatable; default 0)")
+    sp.add_argument("--row", action="append", default=None, help="only this row (repeatable)")
+    sp.add_argument("--split", default="test", help="the split each row is scored on")
+    sp.add_argument("--explainer", action="append", default=None, metavar="NAME",
+                    help="explainers of the pointing game (default: gradcam and relevance)")
+    sp.add_argument("--pointing-per-class", type=int, default=5,
+                    help="clips per class of the pointing game (0 = every clip of the split)")
+    sp.add_argument("--no-pointing", action="store_true", help="top-1 only")
+    sp.add_argument("--summarize", action="store_true",
+                    help="only rewrite OUT/ablations.json from the seed folders")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     sp = add("eval", cmd_eval, "evaluate a checkpoint on a manifest")
     sp.add_argument("--checkpoint", required=True)

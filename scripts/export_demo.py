@@ -3,7 +3,8 @@
     python scripts/export_demo.py runs/mmt_demo mmt_tiny --pointing
 
 The test split (`mmt synth --seed 1001 --split test`) was never used in training; its metrics
-(top-1/5, per-class accuracy, confusion matrix, and with --pointing the Grad-CAM pointing game)
+(top-1/5, per-class accuracy, confusion matrix, and with --pointing the pointing game of
+Grad-CAM and attention relevance)
 go into the shipped config.json under metrics.test. Weights + config only, no optimizer state.
 """
 import argparse
@@ -19,9 +20,14 @@ def main() -> None:
     p.add_argument("name", help="checkpoints/NAME to write")
     p.add_argument("--manifest", default="data/synth/manifest.csv")
     p.add_argument("--pointing", action="store_true")
+    p.add_argument("--explainer", action="append", default=None,
+                   help="explainers of the pointing game (default: gradcam and relevance; "
+                        "occlusion on all 120 clips takes ~20 min, scripts/precompute_pointing.py "
+                        "scores it on 30)")
     a = p.parse_args()
     src = f"{a.run}/best"
     rep = evaluate_checkpoint(src, a.manifest, split="test", views=1, pointing=a.pointing,
+                              explainers=a.explainer or ["gradcam", "relevance"],
                               batch_size=16, progress=False)
     keep = {k: v for k, v in rep.items()
             if k not in ("confusion", "per_class", "skipped_paths", "classes", "checkpoint")}

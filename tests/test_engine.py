@@ -57,7 +57,7 @@ def test_train_writes_metrics_checkpoints_and_links(synth_dir, tmp_path):
     assert len(list(run.glob("step-*"))) <= 2  # keep_last=1, plus best if it is older
     model, meta = ckpt.load_checkpoint(run / "last")
     assert meta["step"] == 6 and meta["classes"]["label"][0] == "ball_bell"
-    assert meta["data"]["generator_version"] == 1  # the built-in data it was trained on
+    assert meta["data"]["generator_version"] == 2  # the built-in data it was trained on
     assert list(run.glob("tb/events.out.tfevents.*"))
 
 
@@ -123,17 +123,30 @@ def test_flatten_views_folds_views_into_the_batch():
     assert flat["audio"].shape == (10, 1, 16, 16)
 
 
-def test_run_ablations_trains_evaluates_and_writes_json(synth_dir, tmp_path):
-    from mmt_core.ablations import run_ablations
+def test_run_ablations_trains_each_seed_and_summarises_mean_and_sd(synth_dir, tmp_path):
+    from mmt_core.ablations import run_ablations, summarize_ablations
 
     base = tiny_cfg(synth_dir / "manifest.csv", "max_steps=1", "data.val_split=test")
-    res = run_ablations(base, tmp_path, rows=["avg"], progress=False)
+    res = run_ablations(base, tmp_path, rows=["avg"], seeds=[0, 1], progress=False,
+                        pointing_per_class=1)
     saved = json.loads((tmp_path / "ablations.json").read_text())
-    assert saved == res and set(res) == {"avg"}
-    assert res["avg"]["clips"] == 6 and 0 <= res["avg"]["top1"] <= 1 and res["avg"]["steps"] == 1
-    assert res["avg"]["split"] == "test" and 0 <= res["avg"]["pointing"] <= 1
-    _, meta = ckpt.load_checkpoint(tmp_path / "avg" / "last")
-    assert meta["model_args"]["fusion"] == "avg" and not meta["config"]["loss"]["avc"]
+    assert saved == res == summarize_ablations(tmp_path) and set(res) == {"avg"}
+    avg = res["avg"]
+    assert avg["seeds"] == [0, 1] and avg["clips"] == 6 and avg["steps"] == 1
+    per_seed = [json.loads((tmp_path / f"seed{s}" / "ablations.json").read_text())["avg"]
+                for s in (0, 1)]
+    tops = [r["top1"] for r in per_seed]
+    assert abs(avg["top1"] - sum(tops) / 2) < 1e-9
+    assert abs(avg["top1_sd"] - abs(tops[0] - tops[1]) / 2 ** 0.5) < 1e-9  # sample sd of two
+    assert set(avg["explainers"]) == {"gradcam", "relevance"}
+    assert avg["explainers"]["gradcam"]["clips"] == 6  # 1 clip per class of 6 classes
+    best = avg["pointing_best"]
+    assert best["accuracy"] == max(e["accuracy"] for e in avg["explainers"].values())
+    assert avg["pointing"] == avg["explainers"]["gradcam"]["accuracy"]
+    # the two seeds trained different weights into their own folders
+    w = [ckpt.load_checkpoint(tmp_path / f"seed{s}" / "avg" / "last")[1] for s in (0, 1)]
+    assert w[0]["model_args"]["fusion"] == "avg" and not w[0]["config"]["loss"]["avc"]
+    assert [m["config"]["train"]["seed"] for m in w] == [0, 1]
 
 
 def test_init_from_a_video_and_an_audio_checkpoint_fills_both_encoders(synth_dir, tmp_path):

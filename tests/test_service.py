@@ -27,7 +27,7 @@ def test_examples_follow_the_checkpoints_generator_version(ckpts, tmp_path):
     from workbench.service import Workbench
 
     wb = Workbench(checkpoints=ckpts, cache_dir=tmp_path / "v1")
-    assert wb.generator_version == 1  # not recorded: the shipped checkpoints' version
+    assert wb.generator_version == 1  # not recorded: a checkpoint from before versions existed
     side = json.loads(wb.examples()[0].with_suffix(".json").read_text())
     assert side["generator_version"] == 1 and wb.examples()[0].parent.parent.name == "examples"
     cfg = ckpts / "mmt_tiny" / "config.json"

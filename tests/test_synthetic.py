@@ -148,7 +148,7 @@ def test_version_1_is_bit_identical_to_the_shipped_generator(tmp_path, label):
     import hashlib
 
     path = tmp_path / "c.mp4"
-    side = synthetic.make_clip(path, label, synthetic._clip_rng(3, "test", label, 0))
+    side = synthetic.make_clip(path, label, synthetic._clip_rng(3, "test", label, 0), 1)
     assert side.pop("generator_version") == 1
     assert hashlib.sha256(path.read_bytes()).hexdigest() == V1_HASHES[label][0]
     assert hashlib.sha256(json.dumps(side, sort_keys=True).encode()).hexdigest() == V1_HASHES[label][1]
@@ -186,7 +186,7 @@ def test_versions_are_recorded_and_never_mixed(tmp_path, capsys):
     assert "generator version 2" in err and len(err.strip().splitlines()) == 1
     # a folder written before versions were recorded (manifest, no generator.json) is version 1
     old = tmp_path / "old"
-    synthetic.write_dataset(old, clips_per_class=1, seed=0, split="test", progress=False)
+    synthetic.write_dataset(old, clips_per_class=1, seed=0, split="test", progress=False, version=1)
     (old / "generator.json").unlink()
     assert synthetic.folder_version(old) == 1
     with pytest.raises(UserError, match="never mixed"):

@@ -197,27 +197,58 @@ def embed(clip, method, source):
     return (*res["figures"], res["scores"], md)
 
 
+ABLATION_HEADERS = ["row", "top-1 (%)", "± sd", "Grad-CAM pointing", "± sd", "best explainer",
+                    "best pointing", "± sd", "seeds", "steps"]
+
+
 @_user_errors
 def ablations():
-    """Table 2 rows from checkpoints/ablations.json as a table and a bar chart."""
+    """Table 2 rows from checkpoints/ablations.json (mean ± sd over seeds) as a table and charts
+    of top-1 and of the pointing game (Grad-CAM and the row's best explainer)."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     rows = get_workbench().ablations()
     if not rows:
-        return (None, None, "No ablation results yet: run `notebooks/03_ablations.ipynb` (it "
-                "trains each Table 2 row on the built-in dataset with "
-                "`mmt_core.ablations.run_ablations` and writes `checkpoints/ablations.json`), "
-                "then press Reload.")
+        return (None, None, "No ablation results yet: run `notebooks/03_ablations.ipynb` or "
+                "`mmt ablate --out runs/ablations --seed 0 --seed 1 --seed 2` (it trains each "
+                "Table 2 row on the built-in dataset and writes `ablations.json`), copy it to "
+                "`checkpoints/ablations.json`, then press Reload.")
     pct = lambda v: None if v is None else round(100 * v, 1)  # noqa: E731
-    table = [[name, pct(r.get("top1")), pct(r.get("top5")),
-              None if r.get("pointing") is None else round(r["pointing"], 3), r.get("clips"),
-              r.get("steps")] for name, r in rows.items()]
-    fig = go.Figure(go.Bar(x=[r[0] for r in table], y=[r[1] for r in table],
-                           text=[f"{r[1]:.1f}" if r[1] is not None else "" for r in table]))
-    split = next(iter(rows.values())).get("split", "test")
-    fig.update_layout(title=f"Top-1 accuracy per ablation row (built-in {split} split)", height=360,
-                      yaxis_title="top-1 (%)", margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    return table, fig, f"{len(table)} rows from `checkpoints/ablations.json`."
+    r3 = lambda v: None if v is None else round(v, 3)  # noqa: E731
+    table = []
+    for name, r in rows.items():
+        best = r.get("pointing_best") or {}
+        table.append([name, pct(r.get("top1")), pct(r.get("top1_sd")), r3(r.get("pointing")),
+                      r3(r.get("pointing_sd")), best.get("explainer"), r3(best.get("accuracy")),
+                      r3(best.get("accuracy_sd")), len(r.get("seeds") or [0]), r.get("steps")])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("top-1 (%)", "pointing game (frames)"))
+    names = [t[0] for t in table]
+    fig.add_trace(go.Bar(x=names, y=[t[1] for t in table], name="top-1",
+                         error_y={"type": "data", "array": [t[2] or 0 for t in table]}), 1, 1)
+    fig.add_trace(go.Bar(x=names, y=[t[3] for t in table], name="Grad-CAM",
+                         error_y={"type": "data", "array": [t[4] or 0 for t in table]}), 1, 2)
+    fig.add_trace(go.Bar(x=names, y=[t[6] for t in table], name="best explainer",
+                         text=[t[5] or "" for t in table],
+                         error_y={"type": "data", "array": [t[7] or 0 for t in table]}), 1, 2)
+    first = next(iter(rows.values()))
+    # the baselines depend on the clips only: take them from any row with a pointing game
+    base = next((next(iter(r["explainers"].values())) for r in rows.values()
+                 if r.get("explainers")), {})
+    if base.get("centre_baseline") is not None:
+        for y, label in ((base["centre_baseline"], "centre"), (base["random_baseline"], "random")):
+            fig.add_hline(y=y, line_dash="dot", annotation_text=label, row=1, col=2)
+    split = first.get("split", "test")
+    fig.update_layout(title=f"Table 2 rows on the built-in {split} split (mean ± sd over seeds)",
+                      height=380, margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    seeds = sorted({len(r.get("seeds") or [0]) for r in rows.values()})
+    md = (f"{len(table)} rows from `checkpoints/ablations.json`, "
+          f"{'/'.join(map(str, seeds))} seed(s) each; top-1 on {first.get('clips')} clips")
+    if base:
+        md += (f", pointing on {base.get('clips')} clips ({base.get('frames')} frames); "
+               f"baselines: centre {base['centre_baseline']:.2f}, random "
+               f"{base['random_baseline']:.2f}")
+    return table, fig, md + "."
 
 
 @_user_errors
@@ -662,9 +693,7 @@ def build_demo() -> gr.Blocks:
                 teach = teach_tab()
             with gr.Tab("Ablations", id="ablations"):
                 abl_btn = gr.Button("Reload")
-                abl_table = gr.Dataframe(headers=["row", "top-1 (%)", "top-5 (%)", "pointing", "clips",
-                                                  "steps"],
-                                         interactive=False)
+                abl_table = gr.Dataframe(headers=ABLATION_HEADERS, interactive=False)
                 abl_plot = gr.Plot()
                 abl_md = gr.Markdown()
 

@@ -11,10 +11,10 @@ a JSON sidecar with the sounding object's box per frame (pointing game).
 Generator versions (`generator_version` in every sidecar and in OUT/generator.json):
 - 1: the distractor has one of the two *other* looks. This leaks: "the blue box glides" says
   the sounding object is not a box, so a model can read the class off the distractor
-  (checkpoints/README.md). The shipped demo checkpoints were trained on version 1.
+  (checkpoints/README.md). Kept for reproducing the first demo checkpoints' figures.
 - 2: the distractor's look is drawn uniformly from all three looks, independently of the class
   (two red balls: one hits with the sound, one glides), so only the object that acts with the
-  sound carries class evidence.
+  sound carries class evidence. The default; the shipped demo checkpoints are trained on it.
 A folder holds clips of one version: writing another version into it is an error.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ AUDIO_RATE = 44100  # on purpose not 16 kHz: decoding must resample
 MANIFEST = "manifest.csv"
 VERSION_FILE = "generator.json"  # {"generator_version": v} next to manifest.csv
 GENERATOR_VERSIONS = (1, 2)
-DEFAULT_VERSION = 1  # what the shipped checkpoints were trained on; 2 once they are retrained
+DEFAULT_VERSION = 2  # leak-free; what the shipped checkpoints are trained on
 
 
 class SynthClass(NamedTuple):
@@ -239,7 +239,8 @@ def distractor_looks(look: str, version: int) -> list[str]:
     return [lk for lk in LOOKS if lk != look] if _check_version(version) == 1 else list(LOOKS)
 
 
-def make_clip(path: str | Path, label: int, rng: np.random.Generator, version: int = 1) -> dict:
+def make_clip(path: str | Path, label: int, rng: np.random.Generator,
+              version: int = DEFAULT_VERSION) -> dict:
     """Write one clip of class `label` to `path` (+ `path.json` sidecar); returns the sidecar."""
     cls = CLASSES[label]
     other = str(rng.choice(distractor_looks(cls.look, version)))
