@@ -169,10 +169,7 @@ def summarize_ablations(out_dir) -> dict:
             "pointing_best": ({"explainer": best, "accuracy": explainers[best]["accuracy"],
                                "accuracy_sd": explainers[best]["accuracy_sd"]} if best else None),
             "explainers": explainers,
-            "seeds": [r["seed"] for r in runs],
-            "per_seed": {str(r["seed"]): {"top1": r["top1"], "pointing": {
-                n: s["accuracy"] for n, s in (r.get("pointing_scores") or {}).items()}}
-                for r in runs},
+            "seeds": [r["seed"] for r in runs],  # each seed's own scores: OUT/seed{S}/ablations.json
             "split": runs[0]["split"], "clips": runs[0]["clips"], "skipped": runs[0]["skipped"],
             "steps": runs[0]["steps"], "epochs": runs[0]["epochs"],
             "train_seconds": _mean_sd([r["train_seconds"] for r in runs])[0],
