@@ -11,6 +11,7 @@ crash at any moment leaves the previous `last` complete and loadable.
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import random
@@ -273,6 +274,13 @@ def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = N
     try:
         shutil.copyfile(src / WEIGHTS, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=_json_default))
+        if dst.is_dir() and (dst / WEIGHTS).is_file() and \
+                filecmp.cmp(src / WEIGHTS, dst / WEIGHTS, shallow=False):
+            # Re-exporting the same weights (new metrics): files computed from them, such as
+            # the OOD reference, stay valid and are kept; new weights drop them.
+            for f in dst.iterdir():
+                if f.is_file() and f.name not in (WEIGHTS, CONFIG):
+                    shutil.copyfile(f, tmp / f.name)
         for f in tmp.iterdir():
             _fsync_file(f)
         if dst.exists():

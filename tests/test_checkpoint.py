@@ -125,3 +125,18 @@ def test_export_keeps_weights_merges_metrics_drops_state(tmp_path):
     assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
     meta2 = ckpt.read_meta(dst)
     assert meta2["metrics"] == {"val_top1": 0.5, "test": {"top1": 0.9}}
+
+
+def test_reexport_keeps_derived_files_only_for_the_same_weights(tmp_path):
+    model, meta = _model_meta(tmp_path)
+    src = ckpt.write_checkpoint_dir(tmp_path / "src", model, meta, {"step": 3})
+    dst = ckpt.export_checkpoint(src, tmp_path / "out")
+    (dst / "ood.safetensors").write_bytes(b"reference of these weights")
+    dst = ckpt.export_checkpoint(src, dst, metrics={"test": {"top1": 0.9}})  # same weights
+    assert (dst / "ood.safetensors").read_bytes() == b"reference of these weights"
+    assert ckpt.read_meta(dst)["metrics"]["test"] == {"top1": 0.9}
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    src2 = ckpt.write_checkpoint_dir(tmp_path / "src2", model, meta, {"step": 4})
+    dst = ckpt.export_checkpoint(src2, dst)  # new weights: the old reference no longer applies
+    assert not (dst / "ood.safetensors").exists()
