@@ -13,9 +13,9 @@ The same rows exist as YAML files in configs/ablations/ (one per row, `base: bas
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from .atomic import write_json
 from .config import ExperimentConfig, apply_override, config_from_dict
 
 _NO_CONTRAST = {"loss.avc": False, "loss.imc": False, "loss.al": False, "loss.imal": False}
@@ -180,6 +180,4 @@ def summarize_ablations(out_dir) -> dict:
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    write_json(path, value, indent=2)

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .atomic import write_json
 from .config import DataConfig, ExperimentConfig, load_config
 from .errors import ConfigError, MediaError, UserError
 
@@ -382,9 +383,7 @@ def compare(data, out, *, epochs: int | None = None, overrides=(), progress: boo
     result["rows"] = [_row(names[k], reports[k])
                       for k in ("audio", "video", "avg", "product", "mmt")]
     result["seconds"] = round(time.time() - t0, 1)
-    tmp = out / f"compare.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, out / "compare.json")
+    write_json(out / "compare.json", result, indent=2, default=str)
     return result
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mmt_core.atomic import write_text  # noqa: E402
 from mmt_core.explain import EXPLAINERS, applicable, audio_contrast  # noqa: E402
 from workbench.service import Workbench  # noqa: E402
 
@@ -55,9 +55,7 @@ def main() -> None:
                       f"{res['centre_baseline']:.3f} random {res['random_baseline']:.3f} "
                       f"({res['clips']} clips, {res['seconds_per_clip']:.1f} s/clip, "
                       f"{time.perf_counter() - t0:.0f} s)", flush=True)
-                tmp = out.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-                os.replace(tmp, out)
+                write_text(out, json.dumps(table, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmt_core.atomic import write_json
 from mmt_core.errors import MediaError, UserError
 
 from . import embeddings as emb
@@ -469,9 +470,7 @@ class Workbench:
             f.parent.mkdir(parents=True, exist_ok=True)
             table = json.loads(f.read_text()) if f.is_file() else {}
             table[key] = res
-            tmp = f.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(table, indent=1))
-            os.replace(tmp, f)
+            write_json(f, table, indent=1)
         return res
 
     def embed(self, path, method: str = "umap", source: str = "mmt") -> dict:

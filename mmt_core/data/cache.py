@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_json
 from ..errors import ConfigError, UserError
 from . import features
 from .manifests import ClipRecord, read_manifest
@@ -105,9 +106,7 @@ def build_cache(data_cfg, out_dir: str | Path, split: str = "train", progress: b
     index = {"version": 1, "split": split, "fps": fps, "side": side, "sample_rate": cfg.sample_rate,
              "num_mel_bins": cfg.num_mel_bins, "frames_file": fr_path.name,
              "fbank_file": fb_path.name, "clips": clips, "skipped": skipped}
-    tmp = out / f"{split}_index.json.tmp"
-    tmp.write_text(json.dumps(index))
-    os.replace(tmp, out / f"{split}_index.json")
+    write_json(out / f"{split}_index.json", index)
     secs = time.monotonic() - t0
     return {"out_dir": str(out), "split": split, "clips": len(clips), "skipped": len(skipped),
             "fps": fps, "side": side, "bytes": fr_path.stat().st_size + fb_path.stat().st_size,

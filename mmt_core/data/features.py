@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from ..atomic import write_json
 from ..errors import UserError
 
 WINDOW_MS = 25.0  # kaldi default frame length
@@ -154,9 +155,7 @@ def cached_dataset_stats(manifest: str, split: str = "train", *, progress: bool 
                         num_mel_bins=num_mel_bins, max_seconds=max_seconds)
     try:
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(res))
-        os.replace(tmp, f)
+        write_json(f, res)
     except OSError:
         pass  # a read-only home: the statistics are still returned, only not kept
     return {**res, "cached": False}

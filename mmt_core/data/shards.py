@@ -29,6 +29,7 @@ import av
 import numpy as np
 import torch
 
+from ..atomic import write_json
 from ..errors import ConfigError, MediaError, UserError
 from .manifests import ClipRecord, read_manifest
 
@@ -241,9 +242,7 @@ def write_shards(manifest: str | Path, out_dir: str | Path, *, split: str = "tra
                               "order_seed": seed,
                               "samples": sum(counts.values()), "skipped": len(skipped),
                               "skipped_clips": skipped}
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / "index.json")
+    write_json(out / "index.json", index, indent=1)
     names = sorted(counts)
     return {"out_dir": str(out), "split": split, "kind": kind, "shards": len(counts),
             "samples": sum(counts.values()), "skipped": len(skipped),
