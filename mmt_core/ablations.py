@@ -13,6 +13,7 @@ The same rows exist as YAML files in configs/ablations/ (one per row, `base: bas
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from .atomic import write_json
@@ -98,7 +99,7 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
                             "overrides": ABLATION_ROWS[row], "model": cfg.model,
                             "init": cfg.train.init}
             results = {k: results[k] for k in sorted(results, key=_row_order)}  # Table 2's order
-            _write_json(results_path, results)
+            write_json(results_path, results, indent=2)
             summarize_ablations(out)
     return summarize_ablations(out) if seeds else {}
 
@@ -114,13 +115,12 @@ def _pointing(checkpoint, manifest, split, explainers, per_class, progress) -> d
     records = _remap_labels([r for r in man.records if r.split == split], man.classes,
                             meta["classes"])
     if per_class:
-        seen: dict = {}
         head = next(iter(meta["classes"]))
+        seen = Counter()
         keep = []
         for r in records:  # manifest order: the first clips of each class
-            label = r.labels[head]
-            if seen.get(label, 0) < per_class:
-                seen[label] = seen.get(label, 0) + 1
+            seen[r.labels[head]] += 1
+            if seen[r.labels[head]] <= per_class:
                 keep.append(r)
         records = keep
     return pointing_game(model, meta, records, explainers=list(explainers),
@@ -175,9 +175,5 @@ def summarize_ablations(out_dir) -> dict:
             "train_seconds": _mean_sd([r["train_seconds"] for r in runs])[0],
             "overrides": runs[0]["overrides"], "model": runs[0]["model"], "init": runs[0]["init"]}
     if summary:
-        _write_json(out / "ablations.json", summary)
+        write_json(out / "ablations.json", summary, indent=2)
     return summary
-
-
-def _write_json(path: Path, value) -> None:
-    write_json(path, value, indent=2)
