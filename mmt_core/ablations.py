@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .atomic import write_json
 from .config import ExperimentConfig, apply_override, config_from_dict
+from .explain import CAM_BLOCKS
 
 _NO_CONTRAST = {"loss.avc": False, "loss.imc": False, "loss.al": False, "loss.imal": False}
 
@@ -93,6 +94,7 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
                                    pointing_per_class, progress)
             results[row] = {"seed": int(seed), "top1": report.get("top1"),
                             "top5": report.get("top5"), "pointing_scores": scores,
+                            "pointing_block": list(CAM_BLOCKS) if scores else None,
                             "split": eval_split, "clips": report.get("clips"),
                             "skipped": report.get("skipped"), "steps": run["step"],
                             "epochs": run["epoch"], "train_seconds": run["seconds"],
@@ -169,6 +171,7 @@ def summarize_ablations(out_dir) -> dict:
             "pointing_best": ({"explainer": best, "accuracy": explainers[best]["accuracy"],
                                "accuracy_sd": explainers[best]["accuracy_sd"]} if best else None),
             "explainers": explainers,
+            "pointing_block": runs[0].get("pointing_block"),  # Grad-CAM's layers (None: unknown)
             "seeds": [r["seed"] for r in runs],  # each seed's own scores: OUT/seed{S}/ablations.json
             "split": runs[0]["split"], "clips": runs[0]["clips"], "skipped": runs[0]["skipped"],
             "steps": runs[0]["steps"], "epochs": runs[0]["epochs"],

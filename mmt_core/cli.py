@@ -127,11 +127,16 @@ def cmd_ablate(a) -> dict:
 
 def cmd_eval(a) -> dict:
     from .engine import evaluate_checkpoint
+    from .explain import cam_blocks
 
     if bool(a.manifest) == bool(a.shards):
         raise UserError("give --manifest or --shards (one of them)")
+    try:
+        blocks = cam_blocks(a.cam_block)
+    except ValueError as e:
+        raise UserError(f"--cam-block: {e}") from None
     return evaluate_checkpoint(a.checkpoint, manifest=a.manifest, split=a.split, views=a.views,
-                               pointing=a.pointing, cam_block=a.cam_block,
+                               pointing=a.pointing, cam_block=blocks,
                                batch_size=a.batch_size, progress=not a.json, shards=a.shards,
                                explainers=a.explainer)
 
@@ -262,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--explainer", action="append", default=None, metavar="NAME",
                     help="explainer to score (repeatable; default: every one that applies: "
                          "gradcam, relevance, occlusion, audio_contrast)")
-    sp.add_argument("--cam-block", type=int, default=-2,
-                    help="video block of the block-based maps (Grad-CAM, and audio_contrast on "
-                         "it) (default -2: the block before the last; 0: the finest, stage-1 map)")
+    sp.add_argument("--cam-block", default="0,1",
+                    help="encoder block(s) of the block-based maps (Grad-CAM, and audio_contrast "
+                         "on it): an index or a comma list, maps averaged (default 0,1: stage 1 "
+                         "and the first block of stage 2; -2: the block before the last)")
     sp.add_argument("--batch-size", type=int, default=8)
 
     sp = add("predict", cmd_predict, "predict the classes of one clip")

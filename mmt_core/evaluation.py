@@ -163,15 +163,16 @@ def pointing_explainers(model, explainers=None) -> list[str]:
     return names
 
 
-def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1, block: int = -2,
-                  progress: bool = True) -> dict:
+def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1,
+                  block=None, progress: bool = True) -> dict:
     """The pointing game of every explainer on clips with box sidecars (mmt_core.metrics):
     per sampled frame, is the video map's peak (for the true class) inside the sounding object's
     box? Scored per frame, since the object jumps at each sound onset. Beside each explainer's
     accuracy and energy (share of the map's positive mass in the box): the centre baseline (the
     frame centre as the "peak") and the random baseline (the mean box-area fraction). Where the
     sidecars have `events`, the audio map's mass within 0.15 s after an onset, beside the share
-    of the clip such windows cover. `block`: the block of block-based maps (Grad-CAM).
+    of the clip such windows cover. `block`: the block(s) of block-based maps (Grad-CAM; None: the
+    explainers' default, `mmt_core.explain.CAM_BLOCKS`).
 
     Returns {"pointing": {name: {"accuracy", "energy", "centre_baseline", "random_baseline",
     "frames", "clips", "clip_accuracy", ["audio_event_mass", "audio_event_coverage"]}},
@@ -180,11 +181,12 @@ def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1
     import time
 
     from .data.synthetic import boxes_at, check_one_version, load_sidecar
-    from .explain import get_explainer, to_frame_resolution
+    from .explain import CAM_BLOCKS, get_explainer, to_frame_resolution
     from .inference import prepare_clip
     from .metrics import event_share, frame_pointing
 
     names = pointing_explainers(model, explainers)
+    block = CAM_BLOCKS if block is None else block
     records = list(records)
     if not records:
         raise UserError("the pointing game got no clips")
@@ -246,7 +248,7 @@ def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1
 
 
 def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = None,
-                        pointing: bool = False, cam_block: int = -2, batch_size: int = 8,
+                        pointing: bool = False, cam_block=None, batch_size: int = 8,
                         progress: bool = True, explainers=None, shards: str | None = None) -> dict:
     """`mmt eval`: accuracy of a checkpoint on a manifest split (or on WebDataset shards of a
     split: `shards` = DIR or pattern), optionally the pointing game of `explainers` (default:
@@ -281,7 +283,9 @@ def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = 
     if pointing:
         report.update(pointing_game(model, meta, records, explainers=explainers, views=1,
                                     block=cam_block, progress=progress))
-        report["pointing_block"] = cam_block
+        from .explain import CAM_BLOCKS, cam_blocks
+
+        report["pointing_block"] = list(cam_blocks(CAM_BLOCKS if cam_block is None else cam_block))
     return report
 
 

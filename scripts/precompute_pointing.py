@@ -19,8 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmt_core.atomic import write_text  # noqa: E402
-from mmt_core.explain import EXPLAINERS, applicable, audio_contrast  # noqa: E402
+from mmt_core.explain import EXPLAINERS, applicable, block_key  # noqa: E402
 from workbench.service import Workbench  # noqa: E402
+from workbench.ui import CAM_LAYERS  # noqa: E402
 
 
 def main() -> None:
@@ -29,8 +30,8 @@ def main() -> None:
     p.add_argument("--role", action="append", default=None, choices=["mmt", "video"],
                    help="demo model(s) (default: both)")
     p.add_argument("--method", action="append", default=None, choices=list(EXPLAINERS))
-    p.add_argument("--block", type=int, action="append", default=None,
-                   help="CAM block(s) (default: -2 and 0, the app's two layers)")
+    p.add_argument("--block", action="append", default=None,
+                   help="CAM block(s), e.g. 0,1 (repeatable; default: the app's three layers)")
     a = p.parse_args()
     wb = Workbench(checkpoints=a.checkpoints)
     out = wb.checkpoints / "pointing.json"
@@ -40,17 +41,14 @@ def main() -> None:
         for method in a.method or list(EXPLAINERS):
             if not applicable(method, mods):
                 continue
-            # only block-based maps depend on the layer (audio contrast: when its base is Grad-CAM)
-            layered = {"gradcam"} | ({"audio_contrast"} if audio_contrast.BASE == "gradcam" else set())
-            blocks = (a.block or [-2, 0]) if method in layered else [-2]
-            for block in blocks:
+            # only block-based maps depend on the layer: the others are scored once ("any")
+            blocks = a.block or list(CAM_LAYERS.values())
+            keys = {block_key(method, b): b for b in blocks}
+            for key, block in keys.items():
                 t0 = time.perf_counter()
                 res = wb.compute_pointing(role, method, block)
                 table[wb.pointing_key(role, method, block)] = {"model": wb.models[role].name, **res}
-                if method not in layered:  # the same map at either layer of the app
-                    table[wb.pointing_key(role, method, 0)] = table[
-                        wb.pointing_key(role, method, block)]
-                print(f"{wb.models[role].name:16s} {method:15s} block {block:2d}: accuracy "
+                print(f"{wb.models[role].name:16s} {method:15s} block {key:4s}: accuracy "
                       f"{res['accuracy']:.3f} energy {res['energy']:.3f} centre "
                       f"{res['centre_baseline']:.3f} random {res['random_baseline']:.3f} "
                       f"({res['clips']} clips, {res['seconds_per_clip']:.1f} s/clip, "

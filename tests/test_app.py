@@ -51,9 +51,11 @@ def test_predict_explain_embed(client, clip):
     cam_mmt, cam_video, audio_plot, md = client.predict(handle_file(str(clip)), "star_drum",
                                                         api_name="/explain")
     assert len(cam_mmt) == 8 and len(cam_video) == 8 and audio_plot is not None
-    assert "star_drum" in md and "block before the last" in md
+    assert "star_drum" in md and "stages 1 + 2 (default)" in md
     fine_mmt, _, _, md = client.predict(handle_file(str(clip)), "star_drum", 0, api_name="/explain")
-    assert len(fine_mmt) == 8 and "stage 1" in md
+    assert len(fine_mmt) == 8 and "stage 1 (finer map)" in md
+    late_mmt, _, _, md = client.predict(handle_file(str(clip)), "star_drum", -2, api_name="/explain")
+    assert len(late_mmt) == 8 and "block before the last" in md
     # the method as a fourth, optional input; the pointing game on the built-in test clips
     rel_mmt, rel_video, _, md = client.predict(handle_file(str(clip)), "star_drum", -2,
                                                "relevance", api_name="/explain")

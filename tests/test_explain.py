@@ -129,6 +129,46 @@ def test_unimodal_models(loaded, prepared):
         get_explainer("gradcam")(video, prepared["mvit_tiny_video"]["inputs"], block=9)
 
 
+def test_cam_blocks_parses_every_spelling():
+    from mmt_core.explain import CAM_BLOCKS, cam_blocks
+
+    assert cam_blocks(-2) == (-2,) and cam_blocks(np.int64(0)) == (0,)
+    assert cam_blocks((0, 1)) == cam_blocks([0, 1]) == cam_blocks("0,1") == cam_blocks("0+1")
+    assert cam_blocks(CAM_BLOCKS) == (0, 1)
+    for bad in ("first", "", ()):
+        with pytest.raises(ValueError, match="block"):
+            cam_blocks(bad)
+
+
+def test_gradcam_over_several_blocks_is_pytorch_grad_cams_multi_layer_cam(loaded, prepared):
+    """Several blocks: the mean of their Grad-CAM maps, rescaled to [0, 1]. Blocks 1 and 2 share a
+    token grid, so pytorch-grad-cam can also run them as one multi-layer CAM: the same map."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from mmt_core.explain._common import SingleInput, frozen_except, model_inputs
+
+    video, _ = loaded["mvit_tiny_video"]
+    x = model_inputs(video, prepared["mvit_tiny_video"]["inputs"])
+    ours = get_explainer("gradcam")(video, x, target=1, block=(1, 2))["video"]
+    (l1, reshape), (l2, _) = video.cam_target("video", 1), video.cam_target("video", 2)
+    assert video.video.grids[1] == video.video.grids[2]  # same grid: one reshape serves both
+    with frozen_except(video), torch.enable_grad(), \
+            GradCAM(model=SingleInput(video, name="video", fixed={}, head=None),
+                    target_layers=[l1, l2], reshape_transform=reshape) as gc:
+        ref = gc(input_tensor=x["video"], targets=[ClassifierOutputTarget(1)])[0]
+    # The library scales each layer's zoomed map once; we take its finished single-layer maps
+    # (clipped at 0 and rescaled once more after the spline zoom), so they agree up to that.
+    assert np.abs(ours - ref).max() < 0.1 and np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99
+    one, two = (get_explainer("gradcam")(video, x, target=1, block=b)["video"] for b in (1, 2))
+    mean = (one + two) / 2
+    np.testing.assert_allclose(ours, (mean - mean.min()) / (mean.max() - mean.min()), atol=1e-5)
+    assert not np.allclose(ours, one, atol=1e-3)  # the second block changes the map
+    default = get_explainer("gradcam")(video, x, target=1)["video"]  # CAM_BLOCKS = (0, 1)
+    assert default.shape == ours.shape and np.isclose(default.max(), 1.0)
+    assert np.allclose(default, get_explainer("gradcam")(video, x, target=1, block="0,1")["video"])
+
+
 def test_audio_contrast_vanishes_when_the_sound_is_silence(loaded, prepared):
     """With the clip's own audio replaced by silence, both maps are the same: nothing is left."""
     from mmt_core.explain import silence_fbank
@@ -240,6 +280,7 @@ def test_pointing_game_scores_through_mmt_eval(ckpts, synth_dir, capsys):
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert set(rep["pointing"]) == {"gradcam", "relevance"}
+    assert rep["pointing_block"] == [0, 1]  # the default CAM layers
     assert rep["pointing_best"] in rep["pointing"]
     best = rep["pointing"][rep["pointing_best"]]["accuracy"]
     assert all(best >= p["accuracy"] for p in rep["pointing"].values())
@@ -267,6 +308,8 @@ def test_pointing_errors(ckpts, synth_dir, capsys):
     assert "does not apply" in capsys.readouterr().err
     assert main(base + ["--explainer", "gradcam", "--cam-block", "7"]) == 2
     assert "outside" in capsys.readouterr().err
+    assert main(base + ["--explainer", "gradcam", "--cam-block", "0,x"]) == 2
+    assert "--cam-block" in capsys.readouterr().err
     audio = ["eval", "--checkpoint", str(ckpts["mat_tiny"]), *base[3:]]
     assert main(audio) == 2
     assert "video encoder" in capsys.readouterr().err

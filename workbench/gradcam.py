@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from mmt_core.explain import to_frame_resolution  # noqa: F401  (re-export)
+from mmt_core.explain import CAM_BLOCKS, to_frame_resolution  # noqa: F401  (re-export)
 from mmt_core.explain._common import model_inputs
 from mmt_core.explain.gradcam import cam as _cam
 
 
 def video_cam(model: nn.Module, inputs: dict, target: int | None = None, head: str | None = None,
-              *, frame_size: tuple[int, int] | None = None, block: int = -2) -> np.ndarray:
+              *, frame_size: tuple[int, int] | None = None, block=CAM_BLOCKS) -> np.ndarray:
     """Grad-CAM of the video encoder for class `target` (None: the predicted class): (T, H, W)
     at `frame_size=(H, W)` when given, else at the model's S×S crop."""
     cam = _cam(model, _checked(model, inputs, "v"), "v", target, head, block)  # (T, S, S)
@@ -26,7 +26,7 @@ def video_cam(model: nn.Module, inputs: dict, target: int | None = None, head: s
 
 
 def audio_cam(model: nn.Module, inputs: dict, target: int | None = None,
-              head: str | None = None, *, block: int = -2) -> np.ndarray:
+              head: str | None = None, *, block=CAM_BLOCKS) -> np.ndarray:
     """Grad-CAM of the audio encoder on the fbank: (F mel bins, N frames) float32 in [0, 1]."""
     return _cam(model, _checked(model, inputs, "a"), "a", target, head, block)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from mmt_core.atomic import write_json
 from mmt_core.errors import MediaError, UserError
+from mmt_core.explain import CAM_BLOCKS
 
 from . import embeddings as emb
 from . import gradcam
@@ -369,14 +370,14 @@ class Workbench:
                 self._timelines.pop(next(iter(self._timelines)))
             return res
 
-    def explain(self, path, target: str | None = None, block: int = -2,
+    def explain(self, path, target: str | None = None, block=CAM_BLOCKS,
                 method: str = "gradcam", start: float | None = None) -> dict:
         """Video maps of MMT and the video-only model (overlaid on the frames, with the sounding
         object's box on built-in clips) and MMT's audio map, for class `target` (a class name;
         None: each model's own top prediction), by explainer `method` (mmt_core.explain);
-        block-based methods take each encoder's `block` (-2: the block before the last; 0: the
-        finer stage-1 map), on the window starting at `start` seconds (None: the centre). Also
-        the method's pointing scores on the built-in test clips when they are known (see
+        block-based methods take each encoder's `block` (an index or several, maps averaged;
+        default (0, 1): stage 1 and the first block of stage 2; -2: the block before the last),
+        on the window starting at `start` seconds (None: the centre). Also the method's pointing scores on the built-in test clips when they are known (see
         `pointing_scores`), else None."""
         from mmt_core.explain import EXPLAINERS, applicable, get_explainer, to_frame_resolution
 
@@ -427,14 +428,17 @@ class Workbench:
         paths = {str(p) for p in self._synthetic("test", POINTING_CLIPS_PER_CLASS, REFERENCE_SEED)}
         return [r for r in self.reference_records() if r.path in paths]
 
-    def pointing_key(self, role: str, method: str, block: int = -2) -> str:
-        """checkpoint weights hash / method / block: the key of a pointing-score table entry."""
+    def pointing_key(self, role: str, method: str, block=CAM_BLOCKS) -> str:
+        """checkpoint weights hash / method / block(s) ("any" where the map does not depend on
+        them): the key of a pointing-score table entry."""
         from mmt_core.checkpoint import WEIGHTS
+        from mmt_core.explain import block_key
 
         weights = emb.file_hash(self.models[role].dir / WEIGHTS)[:16]
-        return f"{weights}/{method}/block{block}/{POINTING_CLIPS_PER_CLASS}perclass"
+        return (f"{weights}/{method}/block{block_key(method, block)}/"
+                f"{POINTING_CLIPS_PER_CLASS}perclass")
 
-    def compute_pointing(self, role: str, method: str, block: int = -2) -> dict:
+    def compute_pointing(self, role: str, method: str, block=CAM_BLOCKS) -> dict:
         """The pointing game of `method` for one demo model on `pointing_records()`."""
         from mmt_core.evaluation import pointing_game
 
@@ -448,7 +452,7 @@ class Workbench:
                            f"test), first {POINTING_CLIPS_PER_CLASS} clips per class")
         return res
 
-    def pointing_scores(self, role: str, method: str, block: int = -2, *,
+    def pointing_scores(self, role: str, method: str, block=CAM_BLOCKS, *,
                         compute: bool = True) -> dict | None:
         """The pointing game of `method` for one demo model on the built-in test clips
         (`pointing_records`): {"accuracy", "energy", "centre_baseline", "random_baseline",

@@ -14,14 +14,17 @@ import gradio as gr
 import numpy as np
 
 from mmt_core.errors import UserError
-from mmt_core.explain import list_explainers
+from mmt_core.explain import CAM_BLOCKS, cam_blocks, list_explainers
 
 from .service import ROLE_TITLES, get_workbench
 
 TOP = "(top prediction)"
-# Grad-CAM layer choices: the block before the last (pytorch-grad-cam's default for Transformers)
-# or the last stage-1 block, whose map is 2x finer (where MMT and video-only differ most here).
-CAM_LAYERS = {"block before the last": -2, "stage 1 (finer map)": 0}
+# Grad-CAM layer choices: the mean of the stage-1 map and the first stage-2 block's (the default,
+# mmt_core.explain.CAM_BLOCKS: it points best on the built-in val clips), the block before the
+# last (pytorch-grad-cam's default for Transformers), or the stage-1 block alone (2x finer map).
+CAM_LAYERS = {"stages 1 + 2 (default)": ",".join(map(str, CAM_BLOCKS)),
+              "block before the last": -2, "stage 1 (finer map)": 0}
+DEFAULT_LAYER = CAM_LAYERS["stages 1 + 2 (default)"]
 # Explain methods (mmt_core.explain): name -> one-line description, shown under the picker.
 METHODS = list_explainers()
 METHOD_TITLES = {"gradcam": "Grad-CAM", "relevance": "Attention relevance",
@@ -147,15 +150,25 @@ def _pointing_md(pointing: dict) -> str:
     return "\n".join(lines)
 
 
+def cam_layer(layer) -> tuple[str, tuple[int, ...]]:
+    """A CAM layer choice (its value, its label, or an API caller's -2 / "0,1") → (label, blocks)."""
+    try:
+        blocks = cam_blocks(CAM_LAYERS.get(layer, layer))
+    except (TypeError, ValueError):
+        blocks = None
+    for name, value in CAM_LAYERS.items():
+        if cam_blocks(value) == blocks:
+            return name, blocks
+    raise UserError(f"unknown CAM layer {layer!r}; choose one of {', '.join(CAM_LAYERS)}")
+
+
 @_user_errors
-def explain(clip, target, layer=-2, method="gradcam"):
+def explain(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
     """clip, class (or TOP), CAM block, method → MMT and video-only map overlays (the sounding
     object's box drawn on built-in clips), MMT's audio map on the spectrogram, and the method's
     pointing scores on the built-in test clips."""
     wb = get_workbench()
-    block = CAM_LAYERS.get(layer, layer)  # a choice's value, or its label from an API caller
-    if block not in CAM_LAYERS.values():
-        raise UserError(f"unknown CAM layer {layer!r}; choose one of {', '.join(CAM_LAYERS)}")
+    where, block = cam_layer(layer)
     method = method or "gradcam"
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -168,8 +181,7 @@ def explain(clip, target, layer=-2, method="gradcam"):
                              title=(f"MMT audio {title} for '{tg.get('mmt')}'" if audio is not None
                                     else f"{title} gives no audio map"),
                              seconds_per_frame=res["seconds_per_frame"])
-    where = next(name for name, b in CAM_LAYERS.items() if b == block)
-    layer_note = f" of the {where}" if method == "gradcam" else ""
+    layer_note = f" (CAM layer: {where})" if method == "gradcam" else ""
     md = (f"{title}{layer_note}, for class "
           + ", ".join(f"{ROLE_TITLES[r]}: **{c}**" for r, c in tg.items()) + ".")
     if res["boxes"] is not None:
@@ -181,7 +193,7 @@ def explain(clip, target, layer=-2, method="gradcam"):
     return _thumbs(ov["mmt"]), video, fig, md
 
 
-def explain_if_clip(clip, target, layer=-2, method="gradcam"):
+def explain_if_clip(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
     """A method change re-explains the current clip; with no clip yet it changes nothing."""
     if clip is None or clip == "":
         return (gr.update(),) * 4
@@ -311,16 +323,17 @@ def timeline(clip):
 
 
 @_user_errors
-def jump(clip, start, target, layer=-2, method="gradcam"):
+def jump(clip, start, target, layer=DEFAULT_LAYER, method="gradcam"):
     """A window start (the slider or a timeline click) → that window's frames and Explain tab."""
     wb = get_workbench()
     start = float(start or 0.0)
     tl_starts = wb.timeline(clip)["starts"]
     start = min(tl_starts, key=lambda s: abs(s - start))  # the nearest window
     frames, _ = wb.frames_at(clip, start)
-    block = CAM_LAYERS.get(layer, layer)
-    if block not in CAM_LAYERS.values():
-        block = -2
+    try:
+        block = cam_layer(layer)[1]
+    except UserError:
+        block = CAM_BLOCKS
     method = method if method in METHODS else "gradcam"
     res = wb.explain(clip, None if target in (None, "", TOP) else target, block=block,
                      method=method, start=start)
@@ -667,7 +680,8 @@ def build_demo() -> gr.Blocks:
                                          allow_custom_value=True)
                     method_pick = gr.Radio([(METHOD_TITLES.get(n, n), n) for n in METHODS],
                                            value="gradcam", label="Method", elem_id="method")
-                    layer = gr.Radio(list(CAM_LAYERS.items()), value=-2, label="CAM layer")
+                    layer = gr.Radio(list(CAM_LAYERS.items()), value=DEFAULT_LAYER,
+                                     label="CAM layer")
                     explain_btn = gr.Button("Explain", variant="primary")
                 method_md = gr.Markdown(method_info("gradcam"), elem_id="method-info")
                 with gr.Row():

@@ -9,17 +9,17 @@ Every explainer has one signature and returns the same shapes:
     res["target"]  # the class explained
 
 `inputs` are the model inputs ({"video": (V,3,T,S,S), "audio": (V,1,F,N)}; the first view is
-explained). `head` picks a head of multi-head models, `block` the encoder block of block-based
-methods (Grad-CAM), `meta` the checkpoint's config (audio_contrast needs its fbank
-normalisation). `to_frame_resolution` maps a video map onto the decoded frames. Methods and the
-relevance derivation: docs/explain.md. No UI package is imported here.
+explained). `head` picks a head of multi-head models, `block` the encoder block(s) of block-based
+methods (Grad-CAM; default `CAM_BLOCKS`, see `cam_blocks`), `meta` the checkpoint's config
+(audio_contrast needs its fbank normalisation). `to_frame_resolution` maps a video map onto the
+decoded frames. Methods and the relevance derivation: docs/explain.md. No UI package is imported here.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Callable, NamedTuple
 
-from ._common import silence_fbank, to_frame_resolution  # noqa: F401
+from ._common import CAM_BLOCKS, cam_blocks, silence_fbank, to_frame_resolution  # noqa: F401
 
 
 class Explainer(NamedTuple):
@@ -44,7 +44,7 @@ def _module(name: str):
 
 
 def get_explainer(name: str) -> Callable[..., dict]:
-    """explain(model, inputs, *, target=None, head=None, block=-2, meta=None) -> dict."""
+    """explain(model, inputs, *, target=None, head=None, block=CAM_BLOCKS, meta=None) -> dict."""
     return _module(name).explain
 
 
@@ -52,6 +52,13 @@ def list_explainers(modalities: str | None = None) -> dict[str, str]:
     """name -> one-line description, of those that apply to a model with `modalities`."""
     return {n: _module(n).DESCRIPTION for n, e in EXPLAINERS.items()
             if modalities is None or modalities in e.modalities}
+
+
+def block_key(name: str, block=CAM_BLOCKS) -> str:
+    """How `block` enters method `name`'s map, as text for cache keys: the blocks ("0,1", "-2")
+    for block-based maps (Grad-CAM; audio contrast when its base is Grad-CAM), else "any"."""
+    layered = name == "gradcam" or (name == "audio_contrast" and _module(name).BASE == "gradcam")
+    return ",".join(map(str, cam_blocks(block))) if layered else "any"
 
 
 def applicable(name: str, modalities: str) -> bool:

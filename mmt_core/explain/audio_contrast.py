@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ._common import model_inputs, normalise, resolve_target, silence_fbank
+from ._common import CAM_BLOCKS, model_inputs, normalise, resolve_target, silence_fbank
 
 DESCRIPTION = ("Audio contrast (MMT only): the video relevance map with the clip's sound minus the "
                "one with silence, clipped at 0: where the sound binds to the picture.")
@@ -21,7 +21,7 @@ BASE = "relevance"  # the underlying video map: "relevance" or "gradcam"
 
 
 def explain(model: nn.Module, inputs: dict, *, target: int | None = None, head: str | None = None,
-            block: int = -2, meta: dict | None = None) -> dict:
+            block=CAM_BLOCKS, meta: dict | None = None) -> dict:
     from . import get_explainer
 
     if getattr(model, "modalities", "") != "av":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import frozen_except, logits_of, model_inputs, normalise, resolve_target
+from ._common import CAM_BLOCKS, frozen_except, logits_of, model_inputs, normalise, resolve_target
 
 DESCRIPTION = ("Occlusion (Captum): how much the class score drops when a patch is blanked; "
                "faithful by definition, coarse (16-pixel tubes, 32 mel × 0.64 s patches).")
@@ -41,7 +41,7 @@ def _windows(x: dict) -> tuple[tuple, tuple]:
 
 
 def explain(model: nn.Module, inputs: dict, *, target: int | None = None, head: str | None = None,
-            block: int = -2, meta: dict | None = None) -> dict:
+            block=CAM_BLOCKS, meta: dict | None = None) -> dict:
     """`block` is ignored."""
     from captum.attr import Occlusion
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.multiscale import MultiScaleBlock, explicit_attention
-from ._common import frozen_except, logits_of, model_inputs, normalise, resize_to, resolve_target
+from ._common import (CAM_BLOCKS, frozen_except, logits_of, model_inputs, normalise, resize_to,
+                      resolve_target)
 
 DESCRIPTION = ("Attention relevance (Chefer et al. 2021): gradient-weighted attention maps rolled "
                "out through every block and its pooling, read at the class token.")
@@ -158,7 +159,7 @@ def _rollout(model, encs: dict, steps: list, attn: list, first: dict) -> dict[st
 
 
 def explain(model: nn.Module, inputs: dict, *, target: int | None = None, head: str | None = None,
-            block: int = -2, meta: dict | None = None) -> dict:
+            block=CAM_BLOCKS, meta: dict | None = None) -> dict:
     """`block` is ignored: relevance runs through every block."""
     x = model_inputs(model, inputs)
     target = resolve_target(model, x, target, head)
