@@ -189,17 +189,24 @@ def window_clips(path, meta: dict, stride: float | None = None) -> list:
 
 
 @torch.inference_mode()
-def window_probs(model: torch.nn.Module, meta: dict, clips: list, batch_size: int = 8
-                 ) -> np.ndarray:
-    """(K, C) class probabilities of the first head for K window clips, batched."""
+def window_probs(model: torch.nn.Module, meta: dict, clips: list, batch_size: int = 8, *,
+                 embeddings: bool = False):
+    """(K, C) class probabilities of the first head for K window clips, batched; with
+    `embeddings`, also {modality: (K, D)} OOD embeddings (mmt_core.ood.embeddings_of)."""
+    from .ood import embeddings_of
+
     modalities = meta.get("modalities") or getattr(model, "modalities", "av")
     head = next(iter(meta["classes"]))
-    rows = []
+    rows, embs = [], {}
     for i in range(0, len(clips), batch_size):
         per = [clip_inputs(c, meta, modalities) for c in clips[i:i + batch_size]]
         inputs = {k: torch.cat([x[k] for x in per]) for k in per[0]}  # (B, ...)
-        rows.append(model(**inputs).head_logits[head].float().softmax(-1).numpy())
-    return np.concatenate(rows)
+        out = model(**inputs)
+        rows.append(out.head_logits[head].float().softmax(-1).numpy())
+        for m, e in embeddings_of(out).items() if embeddings else ():
+            embs.setdefault(m, []).append(e)
+    probs = np.concatenate(rows)
+    return (probs, {m: np.concatenate(v) for m, v in embs.items()}) if embeddings else probs
 
 
 def windows_table(clips: list, probs: np.ndarray, class_names: list[str], topk: int = 3
@@ -216,13 +223,15 @@ def windows_table(clips: list, probs: np.ndarray, class_names: list[str], topk: 
 
 
 def predict_windows(path, dir, *, stride: float | None = None, topk: int = 3) -> dict:
-    """`mmt predict CLIP --windows`: top-k of every sliding window over the clip."""
+    """`mmt predict CLIP --windows`: top-k of every sliding window over the clip, and each
+    window's "unlike the training data" check (`ood`, as `predict_file`'s; None without a
+    reference in the checkpoint)."""
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     t0 = time.perf_counter()
     model, meta = load_for_inference(dir)
     clips = window_clips(path, meta, stride)
-    probs = window_probs(model, meta, clips)
+    probs, embs = window_probs(model, meta, clips, embeddings=True)
     pre = meta["preprocessing"]
     result = {"clip": str(path), "checkpoint": str(dir), "model": meta["model"],
               "modalities": meta.get("modalities"), "duration": round(clips[0].duration, 3),
@@ -231,5 +240,15 @@ def predict_windows(path, dir, *, stride: float | None = None, topk: int = 3) ->
               "has_audio": bool(clips[0].has_audio),
               "windows": windows_table(clips, probs, meta["classes"][next(iter(meta["classes"]))],
                                        topk)}
+    from . import ood
+
+    ref = ood.load(dir)
+    for k, w in enumerate(result["windows"]):  # each window against the OOD reference
+        w["ood"] = None if ref is None else ood.score({m: e[k] for m, e in embs.items()}, ref)
+    if ref is None:
+        result["ood_note"] = "no ood.safetensors in the checkpoint: the unlike-the-training-data " \
+                             "check is off"
+    else:
+        result["ood_flagged_windows"] = sum(w["ood"]["flagged"] for w in result["windows"])
     result["timing"] = {"total_s": round(time.perf_counter() - t0, 4)}
     return result

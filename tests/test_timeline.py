@@ -60,6 +60,26 @@ def test_predict_windows_cli_json(tmp_path, capsys):
     assert win[-1]["end"] == pytest.approx(res["duration"], abs=0.05)
     for w in win:
         assert len(w["top"]) == 2 and w["top"][0]["prob"] >= w["top"][1]["prob"]
+    # each window is checked against the checkpoint's OOD reference; without one, said once
+    import shutil
+
+    from mmt_core import ood
+
+    for name in ("bare", "ref"):
+        (tmp_path / name).mkdir()
+        for f in ("model.safetensors", "config.json"):
+            shutil.copyfile(ck / f, tmp_path / name / f)
+    ood.build(tmp_path / "ref", [make_media(tmp_path / f"r{i}.mp4", seconds=2.0 + 0.5 * i,
+                                            size=(96, 72)) for i in range(6)], k=2)
+    assert main(["predict", str(clip), "--checkpoint", str(tmp_path / "ref"), "--windows",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert all({"score", "threshold", "flagged"} <= set(w["ood"]) for w in res["windows"])
+    assert res["ood_flagged_windows"] == sum(w["ood"]["flagged"] for w in res["windows"])
+    assert main(["predict", str(clip), "--checkpoint", str(tmp_path / "bare"), "--windows",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert all(w["ood"] is None for w in res["windows"]) and "ood.safetensors" in res["ood_note"]
     short = make_media(tmp_path / "short.mp4", seconds=2.0, size=(96, 72))
     assert main(["predict", str(short), "--checkpoint", str(ck), "--windows", "--stride", "1",
                  "--json"]) == 0
