@@ -66,6 +66,17 @@ def test_clip_store_limits_and_counts(tmp_path):
     assert store.counts("s3") == {}
 
 
+def test_clear_runs_deletes_earlier_run_folders_only(tmp_path):
+    jobs = tmp_path / "jobs"
+    assert teach.clear_runs(jobs) == 0  # no runs yet
+    for run in ("20261203-080000-1-2", "20261203-090000-1-2"):
+        (jobs / run / "mmt" / "last").mkdir(parents=True)
+        (jobs / run / "mmt" / "last" / "model.safetensors").write_bytes(b"x" * 100)
+    (jobs / "notes.txt").write_text("not a run")
+    assert teach.clear_runs(jobs) == 2
+    assert [p.name for p in jobs.iterdir()] == ["notes.txt"]
+
+
 def test_batch_size_fits_the_training_part():
     assert teach._batch_size({"a": 6, "b": 6, "c": 6, "d": 6, "e": 6}) == 8
     assert teach._batch_size({"a": 3, "b": 3}) == 4  # 2 + 2 train clips after 1 val each

@@ -522,6 +522,7 @@ class Workbench:
         with self._lock:
             if self.job is not None and self.job.status == "running":
                 raise UserError("a training run is already in progress; wait for it or stop it")
+            teaching.clear_runs(self.teach_dir / "jobs")  # earlier runs: their models are taught/
             out = self.teach_dir / "jobs" / time.strftime("%Y%m%d-%H%M%S")
             out = out.with_name(out.name + f"-{os.getpid()}-{threading.get_ident() % 10000}")
             self.job = teaching.TeachJob.start(folder, out, self.checkpoints,

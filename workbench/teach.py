@@ -224,6 +224,18 @@ class TeachJob:
                 "counts": self.counts}
 
 
+def clear_runs(jobs: Path) -> int:
+    """Delete the folders of earlier teach runs under `jobs` (their models were moved to the
+    taught set; what is left is training state and decoded caches, tens of MB per run). Called
+    when a new run starts, so only the latest run's folder stays. Returns how many were deleted."""
+    gone = 0
+    for run in jobs.glob("*") if jobs.is_dir() else ():
+        if run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+            gone += 1
+    return gone
+
+
 def export_taught(run: Path, dst: Path, res: dict, *, seconds: float) -> dict:
     """Copy the best checkpoints of a train_own run into DST/{mmt_tiny,mat_tiny,mvit_tiny_video},
     fit each one's "unlike the training data" reference on the training clips, write
