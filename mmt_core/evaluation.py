@@ -176,17 +176,18 @@ def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1
 
     Returns {"pointing": {name: {"accuracy", "energy", "centre_baseline", "random_baseline",
     "frames", "clips", "clip_accuracy", ["audio_event_mass", "audio_event_coverage"]}},
-    "pointing_best": the name with the highest accuracy, "pointing_seconds": {name: s per clip}}.
+    "pointing_best": the name with the highest accuracy, "pointing_seconds": {name: s per clip},
+    "pointing_block": the CAM blocks used}.
     """
     import time
 
     from .data.synthetic import boxes_at, check_one_version, load_sidecar
-    from .explain import CAM_BLOCKS, get_explainer, to_frame_resolution
+    from .explain import CAM_BLOCKS, cam_blocks, get_explainer, to_frame_resolution
     from .inference import prepare_clip
     from .metrics import event_share, frame_pointing
 
     names = pointing_explainers(model, explainers)
-    block = CAM_BLOCKS if block is None else block
+    block = cam_blocks(CAM_BLOCKS if block is None else block)
     records = list(records)
     if not records:
         raise UserError("the pointing game got no clips")
@@ -244,7 +245,8 @@ def pointing_game(model, meta: dict, records, *, explainers=None, views: int = 1
             out[n]["audio_event_coverage"] = tl["audio_cover"] / tl["audio_clips"]
     best = max(out, key=lambda n: out[n]["accuracy"])
     return {"pointing": out, "pointing_best": best,
-            "pointing_seconds": {n: tl["seconds"] / max(tl["clips"], 1) for n, tl in tally.items()}}
+            "pointing_seconds": {n: tl["seconds"] / max(tl["clips"], 1) for n, tl in tally.items()},
+            "pointing_block": list(block)}
 
 
 def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = None,
@@ -283,9 +285,6 @@ def evaluate_checkpoint(dir, manifest, split: str = "test", views: int | None = 
     if pointing:
         report.update(pointing_game(model, meta, records, explainers=explainers, views=1,
                                     block=cam_block, progress=progress))
-        from .explain import CAM_BLOCKS, cam_blocks
-
-        report["pointing_block"] = list(cam_blocks(CAM_BLOCKS if cam_block is None else cam_block))
     return report
 
 

@@ -96,6 +96,9 @@ def _probs_and_embedding(model, inputs: dict):
     return probs, {m: e.mean(0) for m, e in embeddings_of(out).items()}
 
 
+NO_OOD_NOTE = "no ood.safetensors in the checkpoint: the unlike-the-training-data check is off"
+
+
 def ood_result(dir, embedding) -> dict | None:
     """mmt_core.ood.score against DIR/ood.safetensors ({"score", "threshold", "flagged", ...}),
     None without that file."""
@@ -132,8 +135,7 @@ def predict_file(path, dir, topk: int = 5, views: int | None = None) -> dict:
                           "the clip has no audio stream")
     result["ood"] = ood_result(dir, embedding)
     if result["ood"] is None:
-        result["ood_note"] = "no ood.safetensors in the checkpoint: the unlike-the-training-data " \
-                             "check is off"
+        result["ood_note"] = NO_OOD_NOTE
     elif result["ood"]["flagged"]:
         result["ood_note"] = (f"unlike the training data: the clip's {result['ood']['modality']} "
                               "is farther from its nearest reference clips than 99 % of them "
@@ -246,8 +248,7 @@ def predict_windows(path, dir, *, stride: float | None = None, topk: int = 3) ->
     for k, w in enumerate(result["windows"]):  # each window against the OOD reference
         w["ood"] = None if ref is None else ood.score({m: e[k] for m, e in embs.items()}, ref)
     if ref is None:
-        result["ood_note"] = "no ood.safetensors in the checkpoint: the unlike-the-training-data " \
-                             "check is off"
+        result["ood_note"] = NO_OOD_NOTE
     else:
         result["ood_flagged_windows"] = sum(w["ood"]["flagged"] for w in result["windows"])
     result["timing"] = {"total_s": round(time.perf_counter() - t0, 4)}

@@ -377,8 +377,9 @@ class Workbench:
         None: each model's own top prediction), by explainer `method` (mmt_core.explain);
         block-based methods take each encoder's `block` (an index or several, maps averaged;
         default (0, 1): stage 1 and the first block of stage 2; -2: the block before the last),
-        on the window starting at `start` seconds (None: the centre). Also the method's pointing scores on the built-in test clips when they are known (see
-        `pointing_scores`), else None."""
+        on the window starting at `start` seconds (None: the centre). Also the method's
+        pointing scores on the built-in test clips when they are known (see `pointing_scores`),
+        else None."""
         from mmt_core.explain import EXPLAINERS, applicable, get_explainer, to_frame_resolution
 
         if method not in EXPLAINERS:

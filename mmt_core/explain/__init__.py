@@ -12,7 +12,8 @@ Every explainer has one signature and returns the same shapes:
 explained). `head` picks a head of multi-head models, `block` the encoder block(s) of block-based
 methods (Grad-CAM; default `CAM_BLOCKS`, see `cam_blocks`), `meta` the checkpoint's config
 (audio_contrast needs its fbank normalisation). `to_frame_resolution` maps a video map onto the
-decoded frames. Methods and the relevance derivation: docs/explain.md. No UI package is imported here.
+decoded frames. Methods and the relevance derivation: docs/explain.md. No UI package is
+imported here.
 """
 from __future__ import annotations
 
