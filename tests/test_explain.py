@@ -259,7 +259,8 @@ class OneRegion(nn.Module):
 def test_occlusion_finds_the_only_region_that_matters():
     torch.manual_seed(0)
     model = OneRegion(48, 16)
-    video = torch.rand(1, 3, 8, 96, 96) + 0.5  # positive everywhere: blanking lowers the score
+    video = torch.rand(1, 3, 8, 96, 96)  # a noisy background …
+    video[..., 48:64, 16:32] += 2.0  # … and one bright "object": blanking it lowers the score
     res = get_explainer("occlusion")(model, {"video": video}, target=0)
     m = res["video"]
     assert m.shape == (8, 96, 96) and res["audio"] is None
@@ -268,6 +269,19 @@ def test_occlusion_finds_the_only_region_that_matters():
     inside = m[:, 48:64, 16:32].sum() / m.sum()
     assert inside > 0.2  # most mass near the region (the map is interpolated between centres)
     assert m[:, :16, 64:].max() == 0.0  # far away: no drop at all
+
+
+def test_occlusion_blanks_video_to_each_frames_background_colour():
+    from mmt_core.explain.occlusion import _blank
+
+    video = torch.full((1, 3, 4, 32, 32), 0.2)
+    video[:, 0] = torch.arange(4.0).view(4, 1, 1)  # red channel: frame t's background is t
+    video[..., 8:16, 8:16] = 5.0  # an object covering 1/16 of each frame
+    fill = _blank("video", video)
+    assert fill.shape == (1, 3, 4, 1, 1)
+    assert torch.equal(fill[0, 0, :, 0, 0], torch.arange(4.0))  # per frame, not the object's 5
+    assert torch.allclose(fill[0, 1:], torch.tensor(0.2))
+    assert _blank("audio", torch.ones(1, 1, 8, 8)) == 0.0  # the mean fbank level
 
 
 # ----------------------------------------------------------------------------- pointing game

@@ -66,3 +66,27 @@ def test_explain_result_has_method_boxes_and_pointing(ckpts, tmp_path):
 
     with pytest.raises(UserError, match="unknown method"):
         wb.explain(upload, method="saliency")
+
+
+def test_shipped_pointing_table_covers_every_method_and_layer(tmp_path):
+    """checkpoints/pointing.json answers the Explain tab at once for every method and CAM layer of
+    the shipped demo models, under the methods' current versions (a changed method gets a new key,
+    so a stale score is never shown)."""
+    from mmt_core.explain import EXPLAINERS, applicable, method_key
+    from wb_helpers import ROOT
+    from workbench.service import Workbench
+    from workbench.ui import CAM_LAYERS
+
+    wb = Workbench(checkpoints=ROOT / "checkpoints", cache_dir=tmp_path / "empty")
+    table = json.loads((ROOT / "checkpoints" / "pointing.json").read_text())
+    for role in ("mmt", "video"):
+        for method in EXPLAINERS:
+            if not applicable(method, wb.models[role].modalities):
+                continue
+            for block in CAM_LAYERS.values():
+                hit = wb.pointing_scores(role, method, block, compute=False)
+                assert hit is not None, (role, method, block)
+                assert 0.0 <= hit["accuracy"] <= 1.0 and hit["clips"] == 30
+    assert method_key("occlusion") == "occlusion-v2" and method_key("gradcam") == "gradcam"
+    stale = [k for k in table if k.split("/")[1] == "occlusion"]  # version 1's key
+    assert not stale, stale

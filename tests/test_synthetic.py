@@ -196,3 +196,34 @@ def test_versions_are_recorded_and_never_mixed(tmp_path, capsys):
     with pytest.raises(UserError, match="mixed"):
         synthetic.check_one_version(mixed)
     assert synthetic.check_one_version(mixed[1:]) == 2
+
+
+def test_counterfactual_clips_leave_out_one_object_and_nothing_else(tmp_path):
+    """make_clip(hide=...): the same clip without the sounding object / the distractor (what
+    scripts/counterfactual.py asks a model about)."""
+    cls = synthetic.CLASSES[1]
+
+    def render(hide):
+        rng = synthetic._clip_rng(0, "train", 1, 0)
+        other = str(rng.choice(synthetic.distractor_looks(cls.look, 2)))
+        return synthetic._render(cls.look, other, synthetic._event_times(rng), rng, hide)
+
+    full, boxes, _ = render(None)
+    no_sounder, boxes_s, _ = render("sounder")
+    no_distractor, _, _ = render("distractor")
+    assert np.array_equal(boxes, boxes_s)  # the same draws: the box says where it would be
+    near = np.zeros(full.shape[:3], bool)  # the sounding object's box, 3 px wider
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        near[k, max(0, int(y0) - 3):int(y1) + 4, max(0, int(x0) - 3):int(x1) + 4] = True
+    changed_s = (full != no_sounder).any(-1)
+    changed_d = (full != no_distractor).any(-1)
+    assert changed_s[near].mean() > 0.3 and not changed_s[~near].any()  # only the sounder went
+    assert changed_d[~near].sum() > 1000  # the distractor went, elsewhere in the frame
+    side = synthetic.make_clip(tmp_path / "c.mp4", 1, synthetic._clip_rng(0, "train", 1, 0),
+                               hide="sounder")
+    assert side["hidden"] == "sounder"
+    assert "hidden" not in synthetic.make_clip(tmp_path / "d.mp4", 1,
+                                               synthetic._clip_rng(0, "train", 1, 0))
+    with pytest.raises(UserError, match="hide must be one of"):
+        synthetic.make_clip(tmp_path / "x.mp4", 1, synthetic._clip_rng(0, "train", 1, 0),
+                            hide="both")

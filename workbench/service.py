@@ -430,13 +430,13 @@ class Workbench:
         return [r for r in self.reference_records() if r.path in paths]
 
     def pointing_key(self, role: str, method: str, block=CAM_BLOCKS) -> str:
-        """checkpoint weights hash / method / block(s) ("any" where the map does not depend on
-        them): the key of a pointing-score table entry."""
+        """checkpoint weights hash / method and its version (`method_key`) / block(s) ("any"
+        where the map does not depend on them): the key of a pointing-score table entry."""
         from mmt_core.checkpoint import WEIGHTS
-        from mmt_core.explain import block_key
+        from mmt_core.explain import block_key, method_key
 
         weights = emb.file_hash(self.models[role].dir / WEIGHTS)[:16]
-        return (f"{weights}/{method}/block{block_key(method, block)}/"
+        return (f"{weights}/{method_key(method)}/block{block_key(method, block)}/"
                 f"{POINTING_CLIPS_PER_CLASS}perclass")
 
     def compute_pointing(self, role: str, method: str, block=CAM_BLOCKS) -> dict:

@@ -159,8 +159,11 @@ def _place(rng: np.random.Generator, r: float, other: tuple[float, float, float]
     return x, y
 
 
-def _render(look: str, other_look: str, events: np.ndarray, rng: np.random.Generator):
-    """Frames (N, H, W, 3) uint8 and the sounding object's boxes (N, 4) [x0, y0, x1, y1]."""
+def _render(look: str, other_look: str, events: np.ndarray, rng: np.random.Generator,
+            hide: str | None = None):
+    """Frames (N, H, W, 3) uint8 and the sounding object's boxes (N, 4) [x0, y0, x1, y1].
+    `hide` ("sounder" / "distractor") leaves that object out and draws everything else as it
+    would be (the same random draws): a counterfactual clip."""
     n = int(SECONDS * FPS)
     times = np.arange(n) / FPS
     bg = _background(rng)
@@ -183,12 +186,14 @@ def _render(look: str, other_look: str, events: np.ndarray, rng: np.random.Gener
         # distractor: smooth Lissajous glide, clamped inside the frame, never hits
         dx = np.clip(ox + amp[0] * np.sin(2 * np.pi * freq[0] * t + ph[0]), r2, SIZE - r2)
         dy = np.clip(oy + amp[1] * np.sin(2 * np.pi * freq[1] * t + ph[1]), r2, SIZE - r2)
-        _paint(img, other_look, dx, dy, r2, col2)
+        if hide != "distractor":
+            _paint(img, other_look, dx, dy, r2, col2)
         # sounding object: at each onset it jumps up, squashes and flashes, then settles
         past = t - events[events <= t + 1e-9]
         e = float(np.exp(-past.min() / 0.1)) if len(past) else 0.0
         sx, sy, y = 1 + 0.3 * e, 1 - 0.3 * e, cy - jump * e
-        _paint(img, look, cx, y, r1, np.clip(col1 + 80 * e, 0, 255), sx, sy)
+        if hide != "sounder":
+            _paint(img, look, cx, y, r1, np.clip(col1 + 80 * e, 0, 255), sx, sy)
         boxes[k] = [max(0.0, cx - r1 * sx), max(0.0, y - r1 * sy),
                     min(float(SIZE), cx + r1 * sx), min(float(SIZE), y + r1 * sy)]
     frames = np.clip(video, 0, 255, out=video).astype(np.uint8)
@@ -239,13 +244,20 @@ def distractor_looks(look: str, version: int) -> list[str]:
     return [lk for lk in LOOKS if lk != look] if _check_version(version) == 1 else list(LOOKS)
 
 
+HIDE = ("sounder", "distractor")  # what a counterfactual clip may leave out
+
+
 def make_clip(path: str | Path, label: int, rng: np.random.Generator,
-              version: int = DEFAULT_VERSION) -> dict:
-    """Write one clip of class `label` to `path` (+ `path.json` sidecar); returns the sidecar."""
+              version: int = DEFAULT_VERSION, hide: str | None = None) -> dict:
+    """Write one clip of class `label` to `path` (+ `path.json` sidecar); returns the sidecar.
+    `hide` leaves one object out ("sounder" / "distractor", recorded as the sidecar's `hidden`):
+    the same clip otherwise, to test what a model's answer rests on."""
+    if hide is not None and hide not in HIDE:
+        raise UserError(f"hide must be one of {', '.join(HIDE)}, got {hide!r}")
     cls = CLASSES[label]
     other = str(rng.choice(distractor_looks(cls.look, version)))
     events = _event_times(rng)
-    frames, boxes, times = _render(cls.look, other, events, rng)
+    frames, boxes, times = _render(cls.look, other, events, rng, hide)
     audio = _audio(cls.sound, events, rng)
     path = Path(path)
     tmp = path.with_name(path.stem + ".part.mp4")
@@ -256,6 +268,8 @@ def make_clip(path: str | Path, label: int, rng: np.random.Generator,
             "seconds": SECONDS, "audio_rate": AUDIO_RATE, "events": events.tolist(),
             "frame_times": np.round(times, 6).tolist(),
             "boxes": np.round(boxes, 2).tolist()}
+    if hide is not None:
+        side["hidden"] = hide
     path.with_suffix(".json").write_text(json.dumps(side))
     return side
 

@@ -62,5 +62,12 @@ def block_key(name: str, block=CAM_BLOCKS) -> str:
     return ",".join(map(str, cam_blocks(block))) if layered else "any"
 
 
+def method_key(name: str) -> str:
+    """`name`, with "-vN" where the method's maps changed since its first version (a module's
+    VERSION), so that scores cached under an older version's key are not reused."""
+    version = getattr(_module(name), "VERSION", 1)
+    return name if version == 1 else f"{name}-v{version}"
+
+
 def applicable(name: str, modalities: str) -> bool:
     return name in EXPLAINERS and modalities in EXPLAINERS[name].modalities
