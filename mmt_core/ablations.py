@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .atomic import write_json
 from .config import ExperimentConfig, apply_override, config_from_dict
-from .explain import CAM_BLOCKS
 
 _NO_CONTRAST = {"loss.avc": False, "loss.imc": False, "loss.al": False, "loss.imal": False}
 
@@ -88,13 +87,13 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
             report = evaluate_checkpoint(run["last"], cfg.data.manifest, split=eval_split,
                                          views=cfg.data.test_views,
                                          batch_size=cfg.train.batch_size, progress=progress)
-            scores = {}
+            game = {}
             if pointing and "v" in cfg.model_args.get("modalities", "av"):
-                scores = _pointing(run["last"], cfg.data.manifest, eval_split, explainers,
-                                   pointing_per_class, progress)
+                game = _pointing(run["last"], cfg.data.manifest, eval_split, explainers,
+                                 pointing_per_class, progress)
             results[row] = {"seed": int(seed), "top1": report.get("top1"),
-                            "top5": report.get("top5"), "pointing_scores": scores,
-                            "pointing_block": list(CAM_BLOCKS) if scores else None,
+                            "top5": report.get("top5"), "pointing_scores": game.get("pointing", {}),
+                            "pointing_block": game.get("pointing_block"),
                             "split": eval_split, "clips": report.get("clips"),
                             "skipped": report.get("skipped"), "steps": run["step"],
                             "epochs": run["epoch"], "train_seconds": run["seconds"],
@@ -107,7 +106,8 @@ def run_ablations(base_cfg: ExperimentConfig, out_dir, rows: list[str] | None = 
 
 
 def _pointing(checkpoint, manifest, split, explainers, per_class, progress) -> dict:
-    """{explainer: pointing scores} of one checkpoint on the first `per_class` clips per class."""
+    """`pointing_game`'s result ({"pointing": {explainer: scores}, "pointing_block", ...}) for one
+    checkpoint on the first `per_class` clips per class."""
     from . import checkpoint as ckpt
     from .data.manifests import read_manifest
     from .evaluation import _remap_labels, pointing_game
@@ -125,8 +125,7 @@ def _pointing(checkpoint, manifest, split, explainers, per_class, progress) -> d
             if seen[r.labels[head]] <= per_class:
                 keep.append(r)
         records = keep
-    return pointing_game(model, meta, records, explainers=list(explainers),
-                         progress=progress)["pointing"]
+    return pointing_game(model, meta, records, explainers=list(explainers), progress=progress)
 
 
 def _mean_sd(values: list) -> tuple[float | None, float | None]:

@@ -51,7 +51,7 @@ def run(checkpoint: str, seed: int, split: str, per_class: int, progress: bool =
     with tempfile.TemporaryDirectory() as tmp:
         for label, cls in enumerate(S.CLASSES):
             for i in range(per_class):
-                row = {"class": cls.name, "index": i}
+                row = {"class": cls.name, "label": label, "index": i}
                 for v, hide in zip(VERSIONS, (None, "sounder", "distractor")):
                     path = Path(tmp) / f"{v}.mp4"
                     side = S.make_clip(path, label, S._clip_rng(seed, split, label, i), version,
@@ -72,9 +72,7 @@ def summarise(rows: list[dict], classes: list[str]) -> dict:
     out = {}
     for name in classes + ["all"]:
         sel = [r for r in rows if name in ("all", r["class"])]
-        label = None if name == "all" else classes.index(name)
-        right = [r for r in sel if r["full"]["top"] == (label if label is not None
-                                                          else classes.index(r["class"]))]
+        right = [r for r in sel if r["full"]["top"] == r["label"]]
         changed = [r["no_sounder"]["top"] != r["full"]["top"] for r in right]
         out[name] = {**{f"p_true_{v}": float(np.mean([r[v]["p_true"] for r in sel]))
                         for v in VERSIONS},

@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mmt_core.ablations import _pointing, row_config  # noqa: E402
 from mmt_core.atomic import write_json  # noqa: E402
 from mmt_core.config import load_config  # noqa: E402
-from mmt_core.explain import CAM_BLOCKS  # noqa: E402
 
 
 def main() -> None:
@@ -38,10 +37,11 @@ def main() -> None:
             cfg = row_config(base, row)
             if not res.get("pointing_scores") or "v" not in cfg.model_args.get("modalities", "av"):
                 continue
-            new = _pointing(path.parent / row / "last", cfg.data.manifest, res["split"],
-                            a.explainer or ["gradcam"], 5, progress=False)
+            game = _pointing(path.parent / row / "last", cfg.data.manifest, res["split"],
+                             a.explainer or ["gradcam"], 5, progress=False)
+            new = game["pointing"]
             res["pointing_scores"].update(new)
-            res["pointing_block"] = list(CAM_BLOCKS)
+            res["pointing_block"] = game["pointing_block"]
             write_json(path, results, indent=2)
             print(f"seed {seed} {row:14s} " + " ".join(
                 f"{n} {s['accuracy']:.3f}" for n, s in new.items()), flush=True)
