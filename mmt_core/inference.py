@@ -102,14 +102,14 @@ NO_OOD_NOTE = "no ood.safetensors in the checkpoint: the unlike-the-training-dat
 def ood_result(dir, embedding) -> dict | None:
     """mmt_core.ood.score against DIR/ood.safetensors ({"score", "threshold", "flagged", ...}),
     None without that file."""
+    from . import ood
+
     ref = ood.load(dir)
     return None if ref is None else ood.score(embedding, ref)
 
 
 def predict_file(path, dir, topk: int = 5, views: int | None = None) -> dict:
     """`mmt predict`: per head the top-k labels with probabilities, plus timing."""
-    from . import ood
-
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     t0 = time.perf_counter()
