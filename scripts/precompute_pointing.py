@@ -5,8 +5,8 @@
 For MMT and the video-only model and every explainer that applies, the pointing game on the
 app's pointing clips (the first 5 clips per class of the built-in test split, seed 1001) is
 written to CHECKPOINTS/pointing.json, keyed by the weights' hash, method and block, so the app
-shows the scores at once (occlusion takes ~10-30 s per clip on a 2-core CPU). Prints the scores
-and the seconds per clip.
+shows the scores at once (occlusion takes ~10-30 s per clip on a 2-core CPU); the entries of a
+model's earlier weights are dropped. Prints the scores and the seconds per clip.
 """
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def main() -> None:
     table = json.loads(out.read_text()) if out.is_file() else {}
     for role in a.role or ["mmt", "video"]:
         mods = wb.models[role].modalities
+        # the scores of this model's earlier weights can never be shown again: drop them
+        weights = wb.pointing_key(role, "gradcam").split("/", 1)[0]
+        table = {k: v for k, v in table.items()
+                 if v.get("model") != wb.models[role].name or k.startswith(weights + "/")}
         for method in a.method or list(EXPLAINERS):
             if not applicable(method, mods):
                 continue
