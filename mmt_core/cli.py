@@ -41,7 +41,7 @@ def cmd_synth(a) -> dict:
     from .data.synthetic import write_dataset
 
     return write_dataset(a.out, clips_per_class=a.clips_per_class, seed=a.seed, split=a.split,
-                         progress=not a.json, version=a.version)
+                         progress=not a.json, version=a.version, hide=a.hide)
 
 
 def cmd_stats(a) -> dict:
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "look is drawn from all three) or 1 (the first generator: the distractor "
                          "has another look, which leaks the class); default: the folder's "
                          "version, else 2")
+    sp.add_argument("--hide", choices=["sounder", "distractor"], default=None,
+                    help="leave this object out of every clip (counterfactual clips, labelled "
+                         "with their class; names carry 'no<object>')")
 
     sp = add("stats", cmd_stats, "fbank normalisation mean/std of a dataset")
     sp.add_argument("--manifest", required=True)

@@ -90,3 +90,24 @@ def test_shipped_pointing_table_covers_every_method_and_layer(tmp_path):
     assert method_key("occlusion") == "occlusion-v2" and method_key("gradcam") == "gradcam"
     stale = [k for k in table if k.split("/")[1] == "occlusion"]  # version 1's key
     assert not stale, stale
+
+
+def test_computed_pointing_scores_replace_those_of_earlier_weights(ckpts, tmp_path):
+    """The app's own table of pointing scores (cache dir) keeps one set of weights per model: a
+    retrained checkpoint's scores replace the old ones, other models' entries stay."""
+    from workbench.service import Workbench
+
+    wb = Workbench(checkpoints=ckpts, cache_dir=tmp_path / "c")
+    f = tmp_path / "c" / "pointing" / "pointing.json"
+    f.parent.mkdir(parents=True)
+    name = wb.models["mmt"].name
+    old = {"0123456789abcdef/gradcam/block0,1/5perclass": {"model": name, "accuracy": 0.1},
+           "fedcba9876543210/gradcam/block0,1/5perclass": {"model": "other", "accuracy": 0.2}}
+    f.write_text(json.dumps(old))
+    res = wb.pointing_scores("mmt", "gradcam")
+    table = json.loads(f.read_text())
+    key = wb.pointing_key("mmt", "gradcam")
+    assert set(table) == {key, "fedcba9876543210/gradcam/block0,1/5perclass"}
+    assert table[key]["model"] == name and table[key]["accuracy"] == res["accuracy"]
+    assert 0.0 <= res["accuracy"] <= 1.0 and res["clips"] == 30
+    assert wb.pointing_scores("mmt", "gradcam", compute=False)["accuracy"] == res["accuracy"]

@@ -227,3 +227,25 @@ def test_counterfactual_clips_leave_out_one_object_and_nothing_else(tmp_path):
     with pytest.raises(UserError, match="hide must be one of"):
         synthetic.make_clip(tmp_path / "x.mp4", 1, synthetic._clip_rng(0, "train", 1, 0),
                             hide="both")
+
+
+def test_synth_writes_counterfactual_clips_beside_the_full_ones(tmp_path):
+    """`mmt synth --hide sounder`: training clips without the sounding object, labelled with their
+    class, in the same folder as the full clips of the same seed (names carry 'nosounder')."""
+    from mmt_core.cli import main
+
+    synthetic.write_dataset(tmp_path, clips_per_class=1, seed=0, progress=False)
+    assert main(["synth", "--out", str(tmp_path), "--clips-per-class", "1", "--hide", "sounder",
+                 "--json"]) == 0
+    rows = _rows(tmp_path)
+    hidden = [x for x in rows if "_nosounder_" in x["path"]]
+    assert len(rows) == 12 and len(hidden) == 6
+    assert sorted(x["label"] for x in hidden) == [c.name for c in synthetic.CLASSES]
+    for x in hidden:
+        side = json.loads((tmp_path / x["path"]).with_suffix(".json").read_text())
+        assert side["hidden"] == "sounder" and side["class"] == x["label"]
+        full = tmp_path / x["path"].replace("_nosounder", "")
+        assert full.read_bytes() != (tmp_path / x["path"]).read_bytes()
+        assert "hidden" not in json.loads(full.with_suffix(".json").read_text())
+    with pytest.raises(UserError, match="--hide must be one of"):
+        synthetic.write_dataset(tmp_path, clips_per_class=1, progress=False, hide="both")

@@ -470,11 +470,15 @@ class Workbench:
         if not compute:
             return None
         res = self.compute_pointing(role, method, block)
+        name, weights = self.models[role].name, key.split("/", 1)[0]
         with self._lock:
             f = self.cache_dir / "pointing" / "pointing.json"
             f.parent.mkdir(parents=True, exist_ok=True)
             table = json.loads(f.read_text()) if f.is_file() else {}
-            table[key] = res
+            # this model's scores for earlier weights can never be shown again: drop them
+            table = {k: v for k, v in table.items()
+                     if v.get("model") != name or k.startswith(weights + "/")}
+            table[key] = {"model": name, **res}
             write_json(f, table, indent=1)
         return res
 

@@ -275,8 +275,8 @@ def make_clip(path: str | Path, label: int, rng: np.random.Generator,
 
 
 def _make_job(job: tuple) -> str:
-    path, label, seed, split, i, version = job
-    make_clip(path, label, _clip_rng(seed, split, label, i), version)
+    path, label, seed, split, i, version, hide = job
+    make_clip(path, label, _clip_rng(seed, split, label, i), version, hide=hide)
     return path
 
 
@@ -294,14 +294,20 @@ def folder_version(out: str | Path) -> int | None:
 
 
 def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, split: str = "train",
-                  progress: bool = True, workers: int = 0, version: int | None = None) -> dict:
+                  progress: bool = True, workers: int = 0, version: int | None = None,
+                  hide: str | None = None) -> dict:
     """Write clips_per_class clips of each class under out/split/ and append them to out/manifest.csv.
 
     File names carry split and seed, so later calls with another split or seed add clips and
     never overwrite others; rerunning the same split+seed rewrites the same files (identical).
     `version`: the generator version (module docstring; None: the folder's version, else
-    DEFAULT_VERSION); a folder holds one version only.
+    DEFAULT_VERSION); a folder holds one version only. `hide="sounder"` writes counterfactual
+    clips without the sounding object (file names carry `nosounder`), labelled with their class:
+    the two classes of a sound then look alike, so a model trained on them learns that nothing but
+    the sounding object tells them apart (docs/explain.md, "What the answer rests on").
     """
+    if hide is not None and hide not in HIDE:
+        raise UserError(f"--hide must be one of {', '.join(HIDE)}, got {hide!r}")
     if not isinstance(clips_per_class, int) or clips_per_class < 1:
         raise UserError(f"--clips-per-class must be a positive integer, got {clips_per_class}")
     if clips_per_class > 10000:
@@ -326,9 +332,10 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     rows, jobs = [], []
     for label, cls in enumerate(CLASSES):
         for i in range(clips_per_class):
-            rel = f"{split}/{split}_s{seed}_{cls.name}_{i:04d}.mp4"
+            tag = f"_no{hide}" if hide else ""
+            rel = f"{split}/{split}_s{seed}{tag}_{cls.name}_{i:04d}.mp4"
             rows.append({"path": rel, "label": cls.name, "split": split})
-            jobs.append((str(out / rel), label, seed, split, i, version))
+            jobs.append((str(out / rel), label, seed, split, i, version, hide))
     # each clip has its own Generator, so clips are identical however they are spread over workers
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) >= 12:
