@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmt_core.atomic import write_text  # noqa: E402
 from mmt_core.explain import EXPLAINERS, applicable, block_key  # noqa: E402
-from workbench.service import Workbench  # noqa: E402
+from workbench.service import Workbench, drop_earlier_weights  # noqa: E402
 from workbench.ui import CAM_LAYERS  # noqa: E402
 
 
@@ -38,10 +38,8 @@ def main() -> None:
     table = json.loads(out.read_text()) if out.is_file() else {}
     for role in a.role or ["mmt", "video"]:
         mods = wb.models[role].modalities
-        # the scores of this model's earlier weights can never be shown again: drop them
         weights = wb.pointing_key(role, "gradcam").split("/", 1)[0]
-        table = {k: v for k, v in table.items()
-                 if v.get("model") != wb.models[role].name or k.startswith(weights + "/")}
+        table = drop_earlier_weights(table, wb.models[role].name, weights)
         for method in a.method or list(EXPLAINERS):
             if not applicable(method, mods):
                 continue

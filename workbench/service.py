@@ -48,6 +48,12 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+def drop_earlier_weights(table: dict, name: str, weights: str) -> dict:
+    """A pointing-score table without model `name`'s entries for weights other than `weights`
+    (the hash that starts each key): scores of earlier weights can never be shown again."""
+    return {k: v for k, v in table.items() if v.get("model") != name or k.startswith(weights + "/")}
+
+
 class Workbench:
     """The app's state. Thread-safe: one lock around loading, one around model work."""
 
@@ -475,9 +481,7 @@ class Workbench:
             f = self.cache_dir / "pointing" / "pointing.json"
             f.parent.mkdir(parents=True, exist_ok=True)
             table = json.loads(f.read_text()) if f.is_file() else {}
-            # this model's scores for earlier weights can never be shown again: drop them
-            table = {k: v for k, v in table.items()
-                     if v.get("model") != name or k.startswith(weights + "/")}
+            table = drop_earlier_weights(table, name, weights)
             table[key] = {"model": name, **res}
             write_json(f, table, indent=1)
         return res

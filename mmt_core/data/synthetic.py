@@ -330,9 +330,9 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     except OSError as e:
         raise UserError(f"cannot create {out / split}: {e.strerror}") from None
     rows, jobs = [], []
+    tag = f"_no{hide}" if hide else ""
     for label, cls in enumerate(CLASSES):
         for i in range(clips_per_class):
-            tag = f"_no{hide}" if hide else ""
             rel = f"{split}/{split}_s{seed}{tag}_{cls.name}_{i:04d}.mp4"
             rows.append({"path": rel, "label": cls.name, "split": split})
             jobs.append((str(out / rel), label, seed, split, i, version, hide))
