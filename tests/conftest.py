@@ -16,12 +16,14 @@ def frame_level(i: int) -> int:
 
 
 def make_media(path, *, fmt=None, vcodec="libx264", acodec="aac", fps=25, rate=44100,
-               channels=1, seconds=2.0, size=(64, 48), audio=True, video=True, pix_fmt="yuv420p"):
+               channels=1, seconds=2.0, size=(64, 48), audio=True, video=True, pix_fmt="yuv420p",
+               options=None):
     """Write a clip: frame i is uniform grey frame_level(i); audio is a 440 Hz tone whose
-    amplitude rises linearly from 0 to 0.8 over the clip (so the level tells the time)."""
+    amplitude rises linearly from 0 to 0.8 over the clip (so the level tells the time).
+    `options`: the muxer's (e.g. {"live": "1"}: a webm without duration, like MediaRecorder's)."""
     path = Path(path)
     fps = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), "w", format=fmt) as c:
+    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
         vs = as_ = None
         if video:
             vs = c.add_stream(vcodec, rate=fps)

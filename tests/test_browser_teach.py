@@ -1,6 +1,8 @@
 """Headless chromium teaches two classes through the page (upload), waits for training, then sees
 the taught class names in Predict; a long clip gets a timeline whose click jumps to a window; a
-foreign clip carries the "unlike the training data" note. Screenshots go to artifacts/."""
+foreign clip carries the "unlike the training data" note; a webcam + microphone recording (the
+browser's fake devices playing a built-in clip) becomes a clip of a class. Screenshots go to
+artifacts/."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +21,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    yield from serve_app(tmp_path_factory.mktemp("browser_teach"), MMT_APP_REF_CLIPS="2",
-                         MMT_APP_WARMUP="none", MMT_TEACH_EPOCHS="1", MMT_APP_MAX_SECONDS="12")
+    tmp = tmp_path_factory.mktemp("browser_teach")
+    for server in serve_app(tmp, MMT_APP_REF_CLIPS="2", MMT_APP_WARMUP="none",
+                            MMT_TEACH_EPOCHS="1", MMT_APP_MAX_SECONDS="12"):
+        server.cache_dir = tmp / "cache"  # serve_app's MMT_CACHE_DIR
+        yield server
 
 
 def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
@@ -85,3 +90,86 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             print("\n".join(console[-30:]))
             browser.close()
     assert (art / "workbench_teach.png").stat().st_size > 20_000
+
+
+def fake_devices(clip: Path, out: Path) -> tuple[Path, Path]:
+    """A clip as chromium's fake camera (.y4m) and microphone (.wav) files."""
+    import av
+    import numpy as np
+
+    cam, mic = out / "camera.y4m", out / "microphone.wav"
+    with av.open(str(clip)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(str(clip)) as c:
+        rate = c.streams.audio[0].rate
+        wav = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    with av.open(str(cam), "w", format="yuv4mpegpipe") as c:
+        s = c.add_stream("rawvideo", rate=25)
+        s.height, s.width = frames[0].shape[:2]
+        s.pix_fmt = "yuv420p"
+        for fr in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    with av.open(str(mic), "w", format="wav") as c:
+        s = c.add_stream("pcm_s16le", rate=rate, layout="mono")
+        pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for p in [*s.encode(frame), *s.encode(None)]:
+            c.mux(p)
+    return cam, mic
+
+
+def test_a_webcam_recording_becomes_a_clip_of_the_class(app, tmp_path):
+    import re
+
+    import av
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    from mmt_core.data import media
+
+    source = teach_clips(tmp_path, per_class=1)[0][0]
+    cam, mic = fake_devices(source, tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-video-capture={cam}",
+                  f"--use-file-for-fake-audio-capture={mic}"])
+        try:
+            page = browser.new_context(permissions=["camera", "microphone"]).new_page()
+            page.goto(app.url)
+            page.get_by_role("tab", name="Teach").click()
+            page.locator("#teach-class").get_by_role("textbox").fill("webcam_knock")
+            page.get_by_text("…or record with the webcam and microphone").click()
+            webcam = page.locator("#teach-webcam")
+            webcam.get_by_text("Click to Access Webcam").click()
+            record = webcam.locator("button.capture-button")  # Record, then Stop
+            record.click()
+            expect(record).to_contain_text("Stop", timeout=30_000)
+            page.wait_for_timeout(4000)
+            record.click()
+            # the browser uploads the recording, then plays it back
+            expect(webcam.locator("video[data-testid$='-player']")).to_have_attribute(
+                "src", re.compile(r"\.webm$"), timeout=60_000)
+            page.get_by_role("button", name="Add the recording to this class").click()
+            expect(page.locator("#teach-table")).to_contain_text("webcam_knock", timeout=60_000)
+            page.screenshot(path=str(ROOT / "artifacts" / "workbench_webcam.png"), full_page=True)
+        finally:
+            browser.close()
+    stored = list((app.cache_dir / "teach" / "sessions").glob("*/webcam_knock/*.webm"))
+    assert len(stored) == 1
+    with av.open(str(stored[0])) as c:  # MediaRecorder's webm: no duration in the header
+        assert c.duration is None and {s.type for s in c.streams} == {"video", "audio"}
+    clip = media.decode(stored[0], num_frames=8, clip_seconds=3.2)
+    assert 3.0 < clip.duration < 8.0 and clip.has_audio
+    assert np.abs(clip.audio).max() > 0.05  # the microphone's sound, not silence
+    # the camera's picture: the built-in clip's frames (same size, close colours)
+    with av.open(str(source)) as c:
+        first = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+    assert clip.frames.shape[1:] == first.shape
+    assert np.abs(clip.frames.astype(np.float32).mean((0, 1, 2)) - first.mean((0, 1))).max() < 20

@@ -48,6 +48,25 @@ def test_decode_each_format(tmp_path, name, fmt, vcodec, acodec, fps, rate, chan
     assert 0.15 < head < 0.3 and 0.5 < tail < 0.7, (head, tail)
 
 
+def test_webm_without_duration_decodes_like_its_indexed_twin(tmp_path):
+    # A browser's MediaRecorder (the app's webcam recordings) writes webm with no duration and no
+    # seek index; FFmpeg's webm muxer does the same with live=1.
+    kw = dict(fmt="webm", vcodec="libvpx-vp9", acodec="libopus", fps=30, rate=48000, channels=1,
+              seconds=2.0, size=(64, 48))
+    live = make_media(tmp_path / "recording.webm", options={"live": "1"}, **kw)
+    indexed = make_media(tmp_path / "indexed.webm", **kw)
+    with av.open(str(live)) as c:
+        assert c.duration is None and all(s.duration is None for s in c.streams)
+    info, ref = media.probe(live), media.probe(indexed)
+    assert info.duration == pytest.approx(ref.duration, abs=0.05) and 1.9 < info.duration < 2.1
+    for start in (0.0, 0.7):  # (the centre window moves with the ~7 ms the durations differ by)
+        got = media.decode(live, num_frames=4, clip_seconds=1.0, start=start)
+        want = media.decode(indexed, num_frames=4, clip_seconds=1.0, start=start)
+        np.testing.assert_allclose(got.times, want.times)
+        assert np.array_equal(got.frames, want.frames)
+        np.testing.assert_allclose(got.audio, want.audio, atol=1e-3)
+
+
 def test_windows_views_and_random(tmp_path):
     p = make_media(tmp_path / "c.mp4", seconds=4.0, fps=25)
     centre = media.decode(p, num_frames=2, clip_seconds=2.0)

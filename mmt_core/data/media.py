@@ -81,6 +81,19 @@ def _offset(container) -> float:
     return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
+def _scan_duration(container) -> float:
+    """Seconds from the container's start to the end of its last packet, found by demuxing (no
+    decoding), then the container is rewound. For files whose header holds no duration at all:
+    a browser's MediaRecorder writes webm that way (the app's webcam recordings), as does
+    FFmpeg's `-live 1`."""
+    offset, end = _offset(container), 0.0
+    for pkt in container.demux():
+        if pkt.pts is not None and pkt.time_base is not None:
+            end = max(end, float((pkt.pts + (pkt.duration or 0)) * pkt.time_base))
+    container.seek(0)
+    return max(0.0, end - offset)
+
+
 def _info(container, path) -> MediaInfo:
     v = container.streams.video[0] if container.streams.video else None
     a = container.streams.audio[0] if container.streams.audio else None
@@ -89,6 +102,8 @@ def _info(container, path) -> MediaInfo:
         for s in (v, a):
             if s is not None and s.duration and s.time_base:
                 duration = max(duration, float(s.duration * s.time_base))
+    if duration <= 0 and (v is not None or a is not None):
+        duration = _scan_duration(container)
     fps = float(v.average_rate) if v is not None and v.average_rate else 0.0
     return MediaInfo(
         duration=duration, has_video=v is not None, has_audio=a is not None,
