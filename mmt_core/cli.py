@@ -121,7 +121,7 @@ def cmd_ablate(a) -> dict:
         return res
     cfg = load_config(a.config, a.set)
     return run_ablations(cfg, a.out, rows=a.row, seeds=a.seed or [0], eval_split=a.split,
-                         pointing=not a.no_pointing, explainers=a.explainer or ["gradcam", "relevance"],
+                         pointing=not a.no_pointing, explainers=a.explainer,
                          pointing_per_class=a.pointing_per_class or None, progress=not a.json)
 
 
@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--row", action="append", default=None, help="only this row (repeatable)")
     sp.add_argument("--split", default="test", help="the split each row is scored on")
     sp.add_argument("--explainer", action="append", default=None, metavar="NAME",
-                    help="explainers of the pointing game (default: gradcam and relevance)")
+                    help="explainers of the pointing game (repeatable; default: every one that "
+                         "applies to the row)")
     sp.add_argument("--pointing-per-class", type=int, default=5,
                     help="clips per class of the pointing game (0 = every clip of the split)")
     sp.add_argument("--no-pointing", action="store_true", help="top-1 only")

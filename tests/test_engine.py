@@ -127,10 +127,13 @@ def test_run_ablations_trains_each_seed_and_summarises_mean_and_sd(synth_dir, tm
     from mmt_core.ablations import run_ablations, summarize_ablations
 
     base = tiny_cfg(synth_dir / "manifest.csv", "max_steps=1", "data.val_split=test")
-    res = run_ablations(base, tmp_path, rows=["avg"], seeds=[0, 1], progress=False,
+    res = run_ablations(base, tmp_path, rows=["video_only", "avg"], seeds=[0, 1], progress=False,
                         pointing_per_class=1)
     saved = json.loads((tmp_path / "ablations.json").read_text())
-    assert saved == res == summarize_ablations(tmp_path) and set(res) == {"avg"}
+    assert saved == res == summarize_ablations(tmp_path) and list(res) == ["video_only", "avg"]
+    # by default every explainer that applies to a row: audio contrast needs the audio encoder
+    assert set(res["video_only"]["explainers"]) == {"gradcam", "relevance", "occlusion"}
+    assert set(res["avg"]["explainers"]) == {"gradcam", "relevance", "occlusion", "audio_contrast"}
     avg = res["avg"]
     assert avg["seeds"] == [0, 1] and avg["clips"] == 6 and avg["steps"] == 1
     per_seed = [json.loads((tmp_path / f"seed{s}" / "ablations.json").read_text())["avg"]
@@ -138,11 +141,9 @@ def test_run_ablations_trains_each_seed_and_summarises_mean_and_sd(synth_dir, tm
     tops = [r["top1"] for r in per_seed]
     assert abs(avg["top1"] - sum(tops) / 2) < 1e-9
     assert abs(avg["top1_sd"] - abs(tops[0] - tops[1]) / 2 ** 0.5) < 1e-9  # sample sd of two
-    assert set(avg["explainers"]) == {"gradcam", "relevance"}
     assert avg["explainers"]["gradcam"]["clips"] == 6  # 1 clip per class of 6 classes
     best = avg["pointing_best"]
     assert best["accuracy"] == max(e["accuracy"] for e in avg["explainers"].values())
-    assert avg["pointing"] == avg["explainers"]["gradcam"]["accuracy"]
     # the two seeds trained different weights into their own folders
     w = [ckpt.load_checkpoint(tmp_path / f"seed{s}" / "avg" / "last")[1] for s in (0, 1)]
     assert w[0]["model_args"]["fusion"] == "avg" and not w[0]["config"]["loss"]["avc"]

@@ -231,8 +231,9 @@ def ablations():
     table = []
     for name, r in rows.items():
         best = r.get("pointing_best") or {}
-        table.append([name, pct(r.get("top1")), pct(r.get("top1_sd")), r3(r.get("pointing")),
-                      r3(r.get("pointing_sd")), best.get("explainer"), r3(best.get("accuracy")),
+        cam = (r.get("explainers") or {}).get("gradcam") or {}
+        table.append([name, pct(r.get("top1")), pct(r.get("top1_sd")), r3(cam.get("accuracy")),
+                      r3(cam.get("accuracy_sd")), best.get("explainer"), r3(best.get("accuracy")),
                       r3(best.get("accuracy_sd")), len(r.get("seeds") or [0]), r.get("steps")])
     fig = make_subplots(rows=1, cols=2, subplot_titles=("top-1 (%)", "pointing game (frames)"))
     names = [t[0] for t in table]
