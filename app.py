@@ -1,15 +1,43 @@
 """MMT Workbench: `python app.py` serves the Gradio page on http://127.0.0.1:7860.
 
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address; MMT_CHECKPOINTS, MMT_CACHE_DIR,
-MMT_APP_MAX_SECONDS and MMT_APP_MAX_MB the demo models, cache and upload limits;
+--host / --port (or GRADIO_SERVER_NAME / GRADIO_SERVER_PORT) choose the address; MMT_CHECKPOINTS,
+MMT_CACHE_DIR, MMT_APP_MAX_SECONDS and MMT_APP_MAX_MB the demo models, cache and upload limits;
 MMT_APP_WARMUP the projections fitted at start (default "umap"; "none" for none);
 MMT_APP_THREADS torch's CPU threads (default 1; 0 = torch's default).
 Importing this file only builds the page; models load in a warm-up thread at launch.
 """
+import argparse
 import os
 import threading
 
-from workbench.ui import build_demo
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python app.py", description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:-1]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 serves "
+                        "every network interface)")
+    p.add_argument("--port", type=port, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
+                   help="port (default 7860)")
+    return p.parse_args(argv)
+
+
+# Before the page is built (gradio's import takes seconds): --help and a bad port answer at once.
+ARGS = parse_args() if __name__ == "__main__" else None
+
+from workbench.ui import build_demo  # noqa: E402
 
 demo = build_demo()
 
@@ -35,7 +63,6 @@ if __name__ == "__main__":
     # Warm up in the background: the page is served at once, the first request waits for it.
     threading.Thread(target=warmup, daemon=True, name="warmup").start()
     demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port,
                 max_file_size=f"{wb.max_mb:g}mb", allowed_paths=[str(wb.cache_dir)],
                 show_error=True)

@@ -148,3 +148,18 @@ def test_bad_uploads_then_still_serving(client, clip, tmp_path):
     # ... and the app still answers a good clip afterwards.
     mmt, *_ = client.predict(handle_file(str(clip)), api_name="/predict")
     assert len(mmt["confidences"]) == 5
+
+
+def test_app_help_and_a_bad_port_answer_before_the_page_is_built():
+    import subprocess
+    import sys
+
+    from wb_helpers import ROOT
+
+    run = lambda *a: subprocess.run([sys.executable, "app.py", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    out = run("--help")
+    assert out.returncode == 0 and "127.0.0.1" in out.stdout and "MMT_CHECKPOINTS" in out.stdout
+    bad = run("--port", "99999")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        "'99999' is not a port number (1-65535)")
