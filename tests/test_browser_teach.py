@@ -158,6 +158,7 @@ def test_a_webcam_recording_becomes_a_clip_of_the_class(app, tmp_path):
                 "src", re.compile(r"\.webm$"), timeout=60_000)
             page.get_by_role("button", name="Add the recording to this class").click()
             expect(page.locator("#teach-table")).to_contain_text("webcam_knock", timeout=60_000)
+            (ROOT / "artifacts").mkdir(exist_ok=True)
             page.screenshot(path=str(ROOT / "artifacts" / "workbench_webcam.png"), full_page=True)
         finally:
             browser.close()
