@@ -41,7 +41,8 @@ def cmd_synth(a) -> dict:
     from .data.synthetic import write_dataset
 
     return write_dataset(a.out, clips_per_class=a.clips_per_class, seed=a.seed, split=a.split,
-                         progress=not a.json, version=a.version, hide=a.hide)
+                         progress=not a.json, version=a.version, hide=a.hide,
+                         clutter=a.clutter)
 
 
 def cmd_stats(a) -> dict:
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hide", choices=["sounder", "distractor"], default=None,
                     help="leave this object out of every clip (counterfactual clips, labelled "
                          "with their class; names carry 'no<object>')")
+    sp.add_argument("--clutter", action="store_true",
+                    help="paint 3-8 static shapes of random looks and colours on every clip's "
+                         "background (a training augmentation; names carry 'clutter')")
 
     sp = add("stats", cmd_stats, "fbank normalisation mean/std of a dataset")
     sp.add_argument("--manifest", required=True)

@@ -149,6 +149,20 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return np.clip(base[None, None, :] + tex[..., None], 0, 255).astype(np.float32)
 
 
+def _add_clutter(bg: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint 3-8 static shapes of the three looks, in random colours (the objects' own included),
+    into the background in place: a training augmentation (`mmt synth --clutter`). Shapes and
+    edges on the background then say nothing about the class, so the video encoder must tell the
+    objects from clutter by colour and motion, and Grad-CAM's channel weights stop lighting up
+    background texture (docs/explain.md, "Clutter")."""
+    for _ in range(int(rng.integers(3, 9))):
+        look = LOOKS[int(rng.integers(3))]
+        r = rng.uniform(6, 17)
+        colour = rng.uniform(40, 220, 3).astype(np.float32)
+        x = rng.uniform(0, SIZE)
+        _paint(bg, look, x, rng.uniform(0, SIZE), r, colour)
+
+
 def _place(rng: np.random.Generator, r: float, other: tuple[float, float, float] | None,
            margin: float) -> tuple[float, float]:
     lo, hi = r + margin, SIZE - r - margin
@@ -160,13 +174,16 @@ def _place(rng: np.random.Generator, r: float, other: tuple[float, float, float]
 
 
 def _render(look: str, other_look: str, events: np.ndarray, rng: np.random.Generator,
-            hide: str | None = None):
+            hide: str | None = None, clutter: bool = False):
     """Frames (N, H, W, 3) uint8 and the sounding object's boxes (N, 4) [x0, y0, x1, y1].
     `hide` ("sounder" / "distractor") leaves that object out and draws everything else as it
-    would be (the same random draws): a counterfactual clip."""
+    would be (the same random draws): a counterfactual clip. `clutter` adds static shapes to the
+    background (`_add_clutter`)."""
     n = int(SECONDS * FPS)
     times = np.arange(n) / FPS
     bg = _background(rng)
+    if clutter:
+        _add_clutter(bg, rng)
     r1, r2 = rng.uniform(10, 17), rng.uniform(10, 17)
     jump = rng.uniform(7, 11)
     cx, cy = _place(rng, r1, None, margin=jump + 2)
@@ -248,16 +265,18 @@ HIDE = ("sounder", "distractor")  # what a counterfactual clip may leave out
 
 
 def make_clip(path: str | Path, label: int, rng: np.random.Generator,
-              version: int = DEFAULT_VERSION, hide: str | None = None) -> dict:
+              version: int = DEFAULT_VERSION, hide: str | None = None,
+              clutter: bool = False) -> dict:
     """Write one clip of class `label` to `path` (+ `path.json` sidecar); returns the sidecar.
     `hide` leaves one object out ("sounder" / "distractor", recorded as the sidecar's `hidden`):
-    the same clip otherwise, to test what a model's answer rests on."""
+    the same clip otherwise, to test what a model's answer rests on. `clutter` paints static
+    shapes on the background (a training augmentation; the sidecar's `clutter` is true)."""
     if hide is not None and hide not in HIDE:
         raise UserError(f"hide must be one of {', '.join(HIDE)}, got {hide!r}")
     cls = CLASSES[label]
     other = str(rng.choice(distractor_looks(cls.look, version)))
     events = _event_times(rng)
-    frames, boxes, times = _render(cls.look, other, events, rng, hide)
+    frames, boxes, times = _render(cls.look, other, events, rng, hide, clutter)
     audio = _audio(cls.sound, events, rng)
     path = Path(path)
     tmp = path.with_name(path.stem + ".part.mp4")
@@ -270,13 +289,15 @@ def make_clip(path: str | Path, label: int, rng: np.random.Generator,
             "boxes": np.round(boxes, 2).tolist()}
     if hide is not None:
         side["hidden"] = hide
+    if clutter:
+        side["clutter"] = True
     path.with_suffix(".json").write_text(json.dumps(side))
     return side
 
 
 def _make_job(job: tuple) -> str:
-    path, label, seed, split, i, version, hide = job
-    make_clip(path, label, _clip_rng(seed, split, label, i), version, hide=hide)
+    path, label, seed, split, i, version, hide, clutter = job
+    make_clip(path, label, _clip_rng(seed, split, label, i), version, hide=hide, clutter=clutter)
     return path
 
 
@@ -295,7 +316,7 @@ def folder_version(out: str | Path) -> int | None:
 
 def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, split: str = "train",
                   progress: bool = True, workers: int = 0, version: int | None = None,
-                  hide: str | None = None) -> dict:
+                  hide: str | None = None, clutter: bool = False) -> dict:
     """Write clips_per_class clips of each class under out/split/ and append them to out/manifest.csv.
 
     File names carry split and seed, so later calls with another split or seed add clips and
@@ -305,6 +326,8 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     clips without the sounding object (file names carry `nosounder`), labelled with their class:
     the two classes of a sound then look alike, so a model trained on them learns that nothing but
     the sounding object tells them apart (docs/explain.md, "What the answer rests on").
+    `clutter=True` paints static shapes on every clip's background (names carry `clutter`): the
+    shipped MMT's last training stage uses such clips (docs/explain.md, "Clutter").
     """
     if hide is not None and hide not in HIDE:
         raise UserError(f"--hide must be one of {', '.join(HIDE)}, got {hide!r}")
@@ -330,12 +353,12 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     except OSError as e:
         raise UserError(f"cannot create {out / split}: {e.strerror}") from None
     rows, jobs = [], []
-    tag = f"_no{hide}" if hide else ""
+    tag = (f"_no{hide}" if hide else "") + ("_clutter" if clutter else "")
     for label, cls in enumerate(CLASSES):
         for i in range(clips_per_class):
             rel = f"{split}/{split}_s{seed}{tag}_{cls.name}_{i:04d}.mp4"
             rows.append({"path": rel, "label": cls.name, "split": split})
-            jobs.append((str(out / rel), label, seed, split, i, version, hide))
+            jobs.append((str(out / rel), label, seed, split, i, version, hide, bool(clutter)))
     # each clip has its own Generator, so clips are identical however they are spread over workers
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) >= 12:
