@@ -151,16 +151,14 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 def _add_clutter(bg: np.ndarray, rng: np.random.Generator) -> None:
     """Paint 3-8 static shapes of the three looks, in random colours (the objects' own included),
-    into the background in place: a training augmentation (`mmt synth --clutter`). Shapes and
-    edges on the background then say nothing about the class, so the video encoder must tell the
-    objects from clutter by colour and motion, and Grad-CAM's channel weights stop lighting up
-    background texture (docs/explain.md, "Clutter")."""
+    into the background in place: a training augmentation (`mmt synth --clutter`) under trial for
+    Grad-CAM's stray background peaks (issue 12): shapes on the background then say nothing about
+    the class, so the objects must be told from clutter by colour and motion."""
     for _ in range(int(rng.integers(3, 9))):
         look = LOOKS[int(rng.integers(3))]
         r = rng.uniform(6, 17)
         colour = rng.uniform(40, 220, 3).astype(np.float32)
-        x = rng.uniform(0, SIZE)
-        _paint(bg, look, x, rng.uniform(0, SIZE), r, colour)
+        _paint(bg, look, rng.uniform(0, SIZE), rng.uniform(0, SIZE), r, colour)  # x, then y
 
 
 def _place(rng: np.random.Generator, r: float, other: tuple[float, float, float] | None,
@@ -326,8 +324,8 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     clips without the sounding object (file names carry `nosounder`), labelled with their class:
     the two classes of a sound then look alike, so a model trained on them learns that nothing but
     the sounding object tells them apart (docs/explain.md, "What the answer rests on").
-    `clutter=True` paints static shapes on every clip's background (names carry `clutter`): the
-    shipped MMT's last training stage uses such clips (docs/explain.md, "Clutter").
+    `clutter=True` paints static shapes on every clip's background (names carry `clutter`), a
+    training augmentation; no shipped checkpoint is trained on such clips yet.
     """
     if hide is not None and hide not in HIDE:
         raise UserError(f"--hide must be one of {', '.join(HIDE)}, got {hide!r}")
