@@ -1,6 +1,6 @@
 """Write ood.safetensors (the "unlike the training data" reference) into the demo checkpoints.
 
-    python scripts/build_ood.py [--clips-per-class 20] [--seed 2002]
+    python scripts/build_ood.py [--clips-per-class 50] [--seed 2002]
 
 The reference set is the built-in dataset generated with a seed no recipe trains, validates or
 tests on (`mmt synth --seed 2002 --split ood`): its clips' embeddings and the 99th percentile of
@@ -20,7 +20,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", default="checkpoints")
     p.add_argument("--data", default="data/ood_ref", help="where the reference clips are written")
-    p.add_argument("--clips-per-class", type=int, default=20)
+    p.add_argument("--clips-per-class", type=int, default=50)
     p.add_argument("--seed", type=int, default=2002)
     a = p.parse_args()
     write_dataset(a.data, clips_per_class=a.clips_per_class, seed=a.seed, split="ood",

@@ -151,9 +151,9 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 def _add_clutter(bg: np.ndarray, rng: np.random.Generator) -> None:
     """Paint 3-8 static shapes of the three looks, in random colours (the objects' own included),
-    into the background in place: a training augmentation (`mmt synth --clutter`) under trial for
-    Grad-CAM's stray background peaks (issue 12): shapes on the background then say nothing about
-    the class, so the objects must be told from clutter by colour and motion."""
+    into the background in place: a training augmentation (`mmt synth --clutter`) against
+    Grad-CAM's stray background peaks: shapes on the background then say nothing about the class,
+    so the objects must be told from clutter by motion (docs/explain.md)."""
     for _ in range(int(rng.integers(3, 9))):
         look = LOOKS[int(rng.integers(3))]
         r = rng.uniform(6, 17)
@@ -325,7 +325,7 @@ def write_dataset(out: str | Path, clips_per_class: int = 20, seed: int = 0, spl
     the two classes of a sound then look alike, so a model trained on them learns that nothing but
     the sounding object tells them apart (docs/explain.md, "What the answer rests on").
     `clutter=True` paints static shapes on every clip's background (names carry `clutter`), a
-    training augmentation; no shipped checkpoint is trained on such clips yet.
+    training augmentation: the shipped MMT's last epoch ran on such clips (checkpoints/README.md).
     """
     if hide is not None and hide not in HIDE:
         raise UserError(f"--hide must be one of {', '.join(HIDE)}, got {hide!r}")
