@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import ExperimentConfig
 from .errors import ConfigError, UserError
 from .evaluation import evaluate_checkpoint, model_inputs, resolve_device, run_eval  # noqa: F401
@@ -92,25 +93,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group:
-    nccl on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def _all_sum(values: list[float], world: int, device: torch.device) -> list[float]:
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def _loaders_kwargs(cfg: ExperimentConfig, device: torch.device) -> dict:
     from .data.dataset import collate_skip_broken
 
@@ -130,6 +112,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def may_leave_parameters_unused(model: torch.nn.Module, loss, two_views: bool) -> bool:
+    """Whether a training step can leave some parameters without a gradient, so that DDP must
+    search the graph for them every step (find_unused_parameters): g_A / g_V when no
+    contrastive term uses them, the unimodal heads of `aux_heads` without their CE."""
+    mods = getattr(model, "modalities", "av")
+    cross = (loss.avc or loss.al) and mods == "av"  # uses g_A and g_V
+    intra = (loss.imc or loss.imal) and two_views  # uses the projection of every modality present
+    if not (cross or intra):
+        return True
+    return bool(getattr(model, "aux_heads", False)) and loss.aux_ce <= 0
 
 
 def build_model(cfg: ExperimentConfig, classes: dict[str, list[str]]) -> torch.nn.Module:
@@ -217,6 +211,24 @@ def _prune(run_dir: Path, keep: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _forward_losses(model, net, batch: dict, labels: dict, cfg: ExperimentConfig, epoch: int,
+                    device: torch.device, amp: dict, two_views: bool, gather):
+    """One forward of the batch (both IMC views in ONE forward, split afterwards) and eq. 7's
+    terms, the contrastive ones over the global batch through `gather`."""
+    from .losses import compute_losses
+
+    inputs = model_inputs(batch, net.modalities, device)
+    if two_views:
+        second = model_inputs(batch, net.modalities, device, suffix="2")
+        inputs = {k: torch.cat([inputs[k], second[k]]) for k in inputs}
+    n = len(batch["index"])
+    with torch.autocast(**amp):
+        out = model(**inputs)
+        out, out2 = split_output(out, n) if two_views else (out, None)
+        losses = compute_losses(out, labels, cfg=cfg.loss, epoch=epoch, out2=out2, gather=gather)
+    return out, losses
+
+
 def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
           on_record=None, stop=None) -> dict:
     """Train `cfg` into RUN_DIR `out_dir` (metrics.jsonl, step-*/ checkpoints, last, best).
@@ -229,11 +241,10 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
 
     from .data.dataset import AVDataset
     from .data.manifests import read_manifest
-    from .losses import compute_losses
-
     t0 = time.time()
     tc, run_dir = cfg.train, Path(out_dir)
-    rank, world, device = _setup_distributed(tc.device)
+    rank, world, device = distributed.setup(tc.device)
+    cpu_group = distributed.cpu_group()
     main = rank == 0
     if not cfg.data.manifest and not cfg.data.shards:
         raise ConfigError("data.manifest is not set (give it in the recipe or --set data.manifest=...)")
@@ -319,17 +330,15 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         if world != state.get("world_size", 1):
             raise UserError(f"cannot resume exactly: saved with {state.get('world_size')} "
                             f"processes, now {world}")
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_state(state.get("rng_ranks", [state["rng"]])[rank])  # each rank its own
     else:
         torch.manual_seed(tc.seed + rank)  # each rank its own dropout / drop-path noise
 
     net = model  # the plain module: checkpoints, eval and attributes
     if world > 1:
-        # Some parameters get no gradient in some set-ups (g_A/g_V without a contrastive term,
-        # the unused head of a single-modality MMT), so DDP must look for unused ones.
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+            find_unused_parameters=may_leave_parameters_unused(net, cfg.loss, two_views))
     if tc.compile:  # after DDP, as PyTorch recommends (DDP-aware graph breaks at buckets)
         model = torch.compile(model)
     amp = dict(device_type=device.type, dtype=torch.bfloat16,
@@ -363,10 +372,11 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
                         tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
 
     def save(metrics: dict, is_best: bool) -> None:
+        rngs = distributed.all_objects(ckpt.rng_state())  # every rank takes part
         if not main:
             return
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": ckpt.rng_state(), "step": step, "epoch": epoch, "pos": pos,
+                 "rng": rngs[0], "rng_ranks": rngs, "step": step, "epoch": epoch, "pos": pos,
                  "best": best, "world_size": world}
         epochs_done = round(epoch - 1 + pos / steps_per_epoch, 4)  # e.g. 2.5 = mid-epoch 3
         meta = ckpt.make_meta(cfg, net, classes, metrics=metrics, step=step, epoch=epochs_done,
@@ -385,30 +395,26 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         loader_gen.manual_seed(tc.seed * 100_003 + epoch)  # worker seeds: a function of epoch
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, correct, samples, skipped clips
+        # Running sums stay on the device (loss·n, correct) or the host (samples, skipped
+        # clips): the host reads the device only every log_every steps and at the epoch's end.
+        dev_sums = torch.zeros(2, dtype=torch.float64, device=device)
+        count = skipped = 0
         bar = tqdm(total=steps_per_epoch, initial=pos, desc=f"epoch {epoch}/{tc.epochs}",
                    disable=not (progress and main), file=sys.stderr, dynamic_ncols=True)
         t_epoch, seen = time.time(), 0
         for batch in loader:
             pos += 1
             bar.update(1)
-            sums[3] += int(batch.get("skipped", 0)) if batch else 0
+            skipped += int(batch.get("skipped", 0)) if batch else 0
             n = len(batch["index"]) if batch and "index" in batch else 0
-            if world > 1:  # every rank must take the step together (or skip it together)
-                n_min = torch.tensor([n], device=device)
-                dist.all_reduce(n_min, op=dist.ReduceOp.MIN)
-                n = n if n_min.item() > 0 else 0
-            if n == 0:
+            # Every rank takes the step together (or skips it together); the sizes travel
+            # over a CPU channel and size the global batch of the contrastive losses.
+            sizes = distributed.all_sizes(n, cpu_group)
+            if min(sizes) == 0:
                 continue
-            inputs = model_inputs(batch, net.modalities, device)
             labels = {h: y.to(device, non_blocking=True) for h, y in batch["labels"].items()}
-            if two_views:  # both views in ONE forward, then split the output
-                second = model_inputs(batch, net.modalities, device, suffix="2")
-                inputs = {k: torch.cat([inputs[k], second[k]]) for k in inputs}
-            with torch.autocast(**amp):
-                out = model(**inputs)
-                out, out2 = split_output(out, n) if two_views else (out, None)
-                losses = compute_losses(out, labels, cfg=cfg.loss, epoch=epoch, out2=out2)
+            out, losses = _forward_losses(model, net, batch, labels, cfg, epoch, device, amp,
+                                          two_views, distributed.row_gatherer(sizes))
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             losses = {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
@@ -418,18 +424,18 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
             sched.step()
             step += 1
             seen += n
+            count += n
             first = next(iter(labels))
-            correct = (out.head_logits[first].argmax(-1) == labels[first]).sum().item()
-            sums[0] += losses["total"].item() * n
-            sums[1] += correct
-            sums[2] += n
-            rate = seen * world / max(1e-9, time.time() - t_epoch)
-            bar.set_postfix(loss=f"{losses['total'].item():.3f}", acc=f"{sums[1] / sums[2]:.2f}",
-                            sps=f"{rate:.1f}")
-            if tc.log_every and step % tc.log_every == 0:
+            correct = (out.head_logits[first].detach().argmax(-1) == labels[first]).sum()
+            dev_sums += torch.stack([losses["total"].detach().double() * n, correct.double()])
+            if tc.log_every and step % tc.log_every == 0:  # the one host sync of log_every steps
+                rate = seen * world / max(1e-9, time.time() - t_epoch)
+                values = {k: float(v) for k, v in losses.items()}
+                loss_sum, correct_sum = dev_sums.tolist()
+                bar.set_postfix(loss=f"{values['total']:.3f}", acc=f"{correct_sum / count:.2f}",
+                                sps=f"{rate:.1f}")
                 write({"type": "step", "step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
-                       **{k: float(v) for k, v in losses.items()}, "acc": correct / n,
-                       "samples_per_s": rate})
+                       **values, "acc": float(correct) / n, "samples_per_s": rate})
             if tc.max_steps and step >= tc.max_steps:
                 done = True
             if stop is not None and stop.is_set():
@@ -437,11 +443,12 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
             epoch_end = pos >= steps_per_epoch
             if (done or (tc.save_every_steps and step % tc.save_every_steps == 0)) \
                     and not epoch_end:
-                save({"train_loss": losses["total"].item()}, is_best=False)
+                save({"train_loss": float(losses["total"])}, is_best=False)
             if done:
                 break
         bar.close()
-        loss_sum, correct, count, skipped = _all_sum(sums, world, device)
+        loss_sum, correct, count, skipped = distributed.all_sum(
+            [*dev_sums.tolist(), count, skipped], device)
         train_stats = {"train_loss": loss_sum / max(1, count), "train_top1": correct / max(1, count),
                        "skipped": int(skipped)}
         if pos < steps_per_epoch:  # stopped by max_steps in the middle of the epoch

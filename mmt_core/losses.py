@@ -102,46 +102,67 @@ def lambda_at(epoch: int, schedule) -> float:
     return float(schedule[-1][1])
 
 
-def _imc_terms(out: ModelOutput, out2: ModelOutput, fn) -> list[Tensor]:
-    return [fn(getattr(out, f"{m}_proj"), getattr(out2, f"{m}_proj"))
-            for m in ("video", "audio")
-            if getattr(out, f"{m}_proj") is not None and getattr(out2, f"{m}_proj") is not None]
-
-
 def compute_losses(out: ModelOutput, labels: Mapping[str, Tensor], *, cfg: LossConfig, epoch: int,
-                   out2: ModelOutput | None = None) -> dict[str, Tensor]:
-    """Every active term, "lambda" and "total" = ce·cfg.ce + λ·(avc + al) + λ·(imc + imal).
+                   out2: ModelOutput | None = None, gather=None) -> dict[str, Tensor | float]:
+    """Every active term, "lambda" (a float) and "total" = ce·cfg.ce + λ·(avc + al) + λ·(imc + imal).
 
     A term whose inputs are absent (one modality, no second view) is skipped, not an error.
     Late-fusion (`avg`) models carry `aux_logits`: CE goes on each modality's own heads (summed,
     so each branch gets the gradient it would get trained alone) instead of on their average.
+
+    gather: rows of this process -> rows of the global batch (`distributed.row_gatherer`): the
+    contrastive terms then contrast every clip of every rank, as the paper's batch of 64 on 8
+    GPUs; CE stays per process (DDP averages it). The contrastive terms always run in float32
+    with autocast off: bf16 similarities / τ = 0.07 lose the small differences the loss is about.
     """
     if out.aux_logits:
         ce = sum(cross_entropy(h, labels, cfg.label_smoothing) for h in out.aux_logits.values())
     else:
         ce = cross_entropy(out.head_logits, labels, cfg.label_smoothing)
     lam = lambda_at(epoch, cfg.lambda_schedule)
-    terms: dict[str, Tensor] = {"ce": ce}
+    terms: dict[str, Tensor | float] = {"ce": ce}
     if cfg.aux_ce > 0 and out.unimodal_logits:  # CE on E_CLS^V and E_CLS^A alone, averaged
         terms["aux_ce"] = torch.stack([cross_entropy(h, labels, cfg.label_smoothing)
                                        for h in out.unimodal_logits.values()]).mean()
-    both = out.audio_proj is not None and out.video_proj is not None
-    if cfg.avc and both:
-        terms["avc"] = supervised_avc(out.audio_proj, out.video_proj, labels, cfg.tau)
-    if cfg.al and both:
-        terms["al"] = instance_al(out.audio_proj, out.video_proj, cfg.tau)
-    if out2 is not None:
-        # (IMC_V + IMC_A) / 2, or the one modality present.
-        if cfg.imc and (imc := _imc_terms(out, out2, lambda x, y: supervised_imc(x, y, labels, cfg.tau))):
-            terms["imc"] = torch.stack(imc).mean()
-        if cfg.imal and (imal := _imc_terms(out, out2, lambda x, y: instance_imal(x, y, cfg.tau))):
-            terms["imal"] = torch.stack(imal).mean()
+    terms.update(_contrastive_terms(out, out2, labels, cfg, gather or (lambda x: x)))
     total = ce * cfg.ce
     if "aux_ce" in terms:
         total = total + cfg.aux_ce * terms["aux_ce"]
     for k in ("avc", "al", "imc", "imal"):
         if k in terms:
             total = total + lam * terms[k]
-    terms["lambda"] = torch.tensor(lam, device=ce.device)
+    terms["lambda"] = lam
     terms["total"] = total
+    return terms
+
+
+def _contrastive_terms(out: ModelOutput, out2: ModelOutput | None, labels, cfg: LossConfig,
+                       gather) -> dict[str, Tensor]:
+    """AVC / AL between the modalities of `out`, IMC / IM-AL between the views `out` and `out2`,
+    on the gathered (global) batch, in float32."""
+    wanted = (cfg.avc or cfg.al, cfg.imc or cfg.imal)
+    if not any(wanted):
+        return {}
+
+    def proj(o: ModelOutput | None, m: str) -> Tensor | None:
+        x = getattr(o, f"{m}_proj") if o is not None else None
+        return gather(x.float()) if x is not None else None
+
+    terms: dict[str, Tensor] = {}
+    with torch.autocast(out.head_logits[next(iter(out.head_logits))].device.type, enabled=False):
+        a, v = proj(out, "audio"), proj(out, "video")
+        y = {h: gather(t) for h, t in labels.items()}
+        if wanted[0] and a is not None and v is not None:
+            if cfg.avc:
+                terms["avc"] = supervised_avc(a, v, y, cfg.tau)
+            if cfg.al:
+                terms["al"] = instance_al(a, v, cfg.tau)
+        if wanted[1] and out2 is not None:
+            # (IMC_V + IMC_A) / 2, or the one modality present.
+            pairs = [(p1, proj(out2, m)) for m, p1 in (("video", v), ("audio", a)) if p1 is not None]
+            pairs = [(p1, p2) for p1, p2 in pairs if p2 is not None]
+            if cfg.imc and pairs:
+                terms["imc"] = torch.stack([supervised_imc(p1, p2, y, cfg.tau) for p1, p2 in pairs]).mean()
+            if cfg.imal and pairs:
+                terms["imal"] = torch.stack([instance_imal(p1, p2, cfg.tau) for p1, p2 in pairs]).mean()
     return terms
