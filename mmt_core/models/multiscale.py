@@ -15,13 +15,19 @@ one reused bias buffer per block, so the bias of a chunk is written and read whi
 instead of a full (up to 134 MB) bias in fresh pages; the few prefix queries, which have no bias,
 take one tiny SDPA call. Token-major (B, N, heads, d) tensors so that SDPA, the residual pooling
 and the output projection need no transposed copies; one depthwise conv for all heads on a dense
-channels-last copy (Conv2d on 2-D grids), no dtype casts. Folding the rel-pos into augmented
-Q/K (one-hot key columns) was measured and rejected: +144 QK dims cost more than the bias.
+channels-last copy (Conv2d on 2-D grids). Folding the rel-pos into augmented Q/K (one-hot key
+columns) was measured and rejected: +144 QK dims cost more than the bias.
+
+On GPU (issue 35) the bias is the biggest tensor of a block: Q/K/V and the bias are in the
+autocast dtype (bf16; autocast would leave the pooled Q/K/V in fp32 after their LayerNorms), the
+bias rows are padded to a multiple of 8 columns so the memory-efficient SDPA kernel takes it as
+is, and its differentiable form (`_BiasSum`) writes the broadcast sum straight into that buffer.
+`set_grad_checkpointing` recomputes each block in the backward pass instead of keeping its
+activations.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +62,10 @@ class EncoderConfig:
 
 
 def _prod(xs) -> int:
-    return math.prod(int(x) for x in xs)
+    n = 1
+    for x in xs:  # a loop, not math.prod of a generator: torch.compile traces it without a graph break
+        n *= int(x)
+    return n
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -181,7 +190,15 @@ def rel_pos_bias(q: Tensor, q_grid: Grid, k_grid: Grid, tables: list[Tensor],
     """
     P = num_prefix
     terms = rel_pos_terms(q[:, P:], q_grid, k_grid, tables)
-    return _BiasSum.apply(P if prefix_rows else 0, P, tuple(q_grid), tuple(k_grid), *terms)
+    rows = P if prefix_rows else 0
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace `out=` into a strided view; inductor fuses these plain ops
+        # (broadcast sum, zero prefix, padding to 8) into one kernel that writes the buffer.
+        B, h, Nk = q.shape[0], q.shape[2], _prod(k_grid)
+        cols = P + Nk
+        grid_part = sum(terms[1:], terms[0]).reshape(B, h, _prod(q_grid), Nk)  # (B, heads, Nq, Nk)
+        return F.pad(grid_part, (P, -(-cols // 8) * 8 - cols, rows, 0))[..., :cols]
+    return _BiasSum.apply(rows, P, tuple(q_grid), tuple(k_grid), *terms)
 
 
 class MultiScaleAttention(nn.Module):
