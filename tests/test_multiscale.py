@@ -181,3 +181,21 @@ def test_attention_runs_in_the_autocast_dtype_with_an_aligned_bias(grad):
     with torch.no_grad():  # the same block in fp32 gives about the same output
         ref = blk(x.detach(), (8, 6), 1)
     torch.testing.assert_close(y.detach().float(), ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("q_grid,k_grid,P,prefix_rows", [
+    ((3, 4), (2, 2), 0, True), ((3, 4), (2, 2), 2, True), ((2, 2, 3), (2, 1, 2), 1, False)])
+def test_rel_pos_bias_gradients(q_grid, k_grid, P, prefix_rows):
+    """The bias's own backward (it writes the broadcast sum straight into its padded buffer)
+    against finite differences, in float64."""
+    torch.manual_seed(0)
+    d, h = 3, 2
+    q = torch.randn(2, P + torch.tensor(q_grid).prod().item(), h, d, dtype=torch.float64, requires_grad=True)
+    tables = [torch.randn(2 * max(a, b) - 1, d, dtype=torch.float64, requires_grad=True)
+              for a, b in zip(q_grid, k_grid)]
+
+    def bias(q, *tables):
+        return rel_pos_bias(q, q_grid, k_grid, list(tables), P, prefix_rows=prefix_rows)
+
+    assert bias(q, *tables).shape[2] == (P if prefix_rows else 0) + q.shape[1] - P
+    assert torch.autograd.gradcheck(bias, (q, *tables))
