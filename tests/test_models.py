@@ -147,3 +147,56 @@ def test_mvit_v2_s_video_matches_torchvision_budget():
     proj = 768 * 256 + 256  # g_V, not in torchvision's model
     assert info["params"] - proj == 34_537_744  # torchvision mvit_v2_s
     assert abs(info["gmacs"] - 64.224) < 0.05  # torchvision's published _ops (incl. attention)
+
+
+def _train_step_record(model, inputs, seed):
+    """One forward + backward at `seed`: (gradients by name, bytes kept for backward). The bytes
+    are the distinct storages autograd saves (parameters excluded) plus each block's input, which
+    a checkpointed block keeps outside autograd's saved tensors."""
+    from mmt_core.models.multiscale import MultiScaleBlock
+    from timm.models.vision_transformer import Block
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def keep(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    blocks = [m for m in model.modules() if isinstance(m, (MultiScaleBlock, Block))]
+    def keep_input(module, args):
+        keep(args[0])
+
+    handles = [b.register_forward_pre_hook(keep_input) for b in blocks]
+    torch.manual_seed(seed)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = model(**inputs)
+    for h in handles:  # recomputation in backward runs the blocks again: record the forward only
+        h.remove()
+    loss = sum(v.logsumexp(-1).mean() for v in out.head_logits.values())
+    loss = loss + out.audio_proj.square().mean() + out.video_proj.square().mean()
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, sum(kept.values())
+
+
+@pytest.mark.parametrize("name", ["mmt_tiny", "mbt_tiny"])
+def test_grad_checkpointing_keeps_gradients_and_saves_memory(name):
+    torch.manual_seed(0)
+    model = create_model(name, drop_path=0.3, dropout=0.2).train()
+    x = _inputs(model)
+    plain, plain_bytes = _train_step_record(model, x, seed=1)
+    model.set_grad_checkpointing(True)
+    ckpt, ckpt_bytes = _train_step_record(model, x, seed=1)
+    other, _ = _train_step_record(model, x, seed=2)  # drop-path / dropout really draw
+    model.set_grad_checkpointing(False)
+    assert plain.keys() == ckpt.keys() and len(plain) == len(list(model.parameters()))
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], atol=1e-6, rtol=1e-5, msg=n)
+    assert any(not torch.allclose(other[n], plain[n]) for n in plain)
+    assert ckpt_bytes < 0.6 * plain_bytes, (ckpt_bytes, plain_bytes)
+    with torch.no_grad():  # checkpointing is a training-only switch: eval outputs are unchanged
+        model.eval().set_grad_checkpointing(True)
+        torch.testing.assert_close(model(**x).logits, model.set_grad_checkpointing(False) or model(**x).logits)

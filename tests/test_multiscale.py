@@ -29,7 +29,7 @@ def test_rel_pos_bias_matches_definition(q_grid, k_grid):
     q = torch.randn(2, torch.tensor(q_grid).prod().item(), h, d)
     tables = [torch.randn(2 * max(a, b) - 1, d) for a, b in zip(q_grid, k_grid)]
     got = rel_pos_bias(q, q_grid, k_grid, tables)
-    assert got.is_contiguous()
+    assert got.stride(-1) == 1 and got.stride(-2) % 8 == 0  # padded rows: SDPA's aligned mask
     torch.testing.assert_close(got, _naive_bias(q, q_grid, k_grid, tables), atol=1e-5, rtol=1e-5)
 
 
@@ -142,3 +142,60 @@ def test_chunked_inference_attention_matches_one_call(prefix, residual_prefix):
         chunked = blk(x, (8, 6), prefix)
     one_call = blk(x, (8, 6), prefix)  # grad enabled: a single attention call
     torch.testing.assert_close(chunked, one_call.detach(), atol=1e-6, rtol=1e-5)
+
+
+class _SDPACalls(torch.overrides.TorchFunctionMode):
+    """Records the tensors of every F.scaled_dot_product_attention call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            self.calls.append((args[:3], kwargs.get("attn_mask")))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_attention_runs_in_the_autocast_dtype_with_an_aligned_bias(grad):
+    """Under autocast the pooled Q/K/V leave their LayerNorms in fp32 (the norm runs in fp32);
+    the attention and its bias must still be in the compute dtype (bf16: no fp32 bias for SDPA's
+    autocast to copy), and the bias rows padded to 8 columns (no mask copy in the kernel)."""
+    torch.manual_seed(0)
+    blk = _block(input_size=(8, 6), stride_q=(1, 1), stride_kv=(2, 2)).train(grad)
+    x = torch.randn(2, 1 + 48, 8, requires_grad=grad)
+    rec = _SDPACalls()
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16), rec:
+        y = blk(x, (8, 6), 1)
+    assert rec.calls and any(m is not None for _, m in rec.calls)
+    for qkv, mask in rec.calls:
+        assert all(t.dtype == torch.bfloat16 for t in qkv)
+        if mask is not None:
+            assert mask.dtype == torch.bfloat16 and mask.shape[-1] == 1 + 4 * 3
+            assert mask.stride(-1) == 1 and all(s % 8 == 0 for s in mask.stride()[:-1])
+    if grad:
+        y.float().square().mean().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(blk.attn.rel_pos_f.grad).all()
+    with torch.no_grad():  # the same block in fp32 gives about the same output
+        ref = blk(x.detach(), (8, 6), 1)
+    torch.testing.assert_close(y.detach().float(), ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("q_grid,k_grid,P,prefix_rows", [
+    ((3, 4), (2, 2), 0, True), ((3, 4), (2, 2), 2, True), ((2, 2, 3), (2, 1, 2), 1, False)])
+def test_rel_pos_bias_gradients(q_grid, k_grid, P, prefix_rows):
+    """The bias's own backward (it writes the broadcast sum straight into its padded buffer)
+    against finite differences, in float64."""
+    torch.manual_seed(0)
+    d, h = 3, 2
+    q = torch.randn(2, P + torch.tensor(q_grid).prod().item(), h, d, dtype=torch.float64, requires_grad=True)
+    tables = [torch.randn(2 * max(a, b) - 1, d, dtype=torch.float64, requires_grad=True)
+              for a, b in zip(q_grid, k_grid)]
+
+    def bias(q, *tables):
+        return rel_pos_bias(q, q_grid, k_grid, list(tables), P, prefix_rows=prefix_rows)
+
+    assert bias(q, *tables).shape[2] == (P if prefix_rows else 0) + q.shape[1] - P
+    assert torch.autograd.gradcheck(bias, (q, *tables))

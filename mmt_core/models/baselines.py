@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .output import ModelOutput, cam_block_index
 
@@ -80,8 +81,20 @@ class ViTEncoder(nn.Module):
         for blk in self.blocks:
             blk.attn.fused_attn = True  # always F.scaled_dot_product_attention
         self.norm = nn.LayerNorm(size.dim, eps=1e-6)
+        self.grad_checkpointing = False  # recompute block activations in backward
         for p in (self.cls_token, self.pos_embed, self.cls_pos):
             nn.init.trunc_normal_(p, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def run_block(self, i: int, x: Tensor) -> Tensor:
+        """blocks[i](x); while training with autograd on and checkpointing set, its activations
+        are recomputed in backward (non-reentrant: the RNG state is restored for drop-path)."""
+        blk = self.blocks[i]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
 
     def embed(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """(B, C, *spatial) -> tokens (B, 1+N, D) with the class token first, and the patch grid."""
@@ -129,11 +142,14 @@ class AST(nn.Module):
         if audio.dim() != 4:
             raise ValueError(f"AST expects audio (B, 1, F, N), got {tuple(audio.shape)}")
         x, self._grid = self.encoder.embed(audio)
-        for blk in self.encoder.blocks:
-            x = blk(x)
+        for i in range(len(self.encoder.blocks)):
+            x = self.encoder.run_block(i, x)
         emb = self.encoder.norm(x)[:, 0]  # E_CLS^A, (B, D)
         logits = {h: head(self.dropout(emb)) for h, head in self.heads.items()}
         return ModelOutput(head_logits=logits, audio_embed=emb, audio_proj=self.audio_proj(emb))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
 
     def cam_target(self, modality: str = "audio", block: int = -2):
         if modality != "audio":
@@ -187,13 +203,13 @@ class MBT(nn.Module):
         b = None
         for i in range(len(self.audio.blocks)):
             if i < self.fusion_layer:
-                x = {m: enc[m].blocks[i](t) for m, t in x.items()}
+                x = {m: enc[m].run_block(i, t) for m, t in x.items()}
                 continue
             if b is None:
                 b = self.bottleneck.expand(B, -1, -1)  # (B, L, D)
             new_b = []
             for m, t in x.items():
-                y = enc[m].blocks[i](torch.cat([t[:, :1], b, t[:, 1:]], dim=1))  # (B, 1+L+N_m, D)
+                y = enc[m].run_block(i, torch.cat([t[:, :1], b, t[:, 1:]], dim=1))  # (B, 1+L+N_m, D)
                 x[m] = torch.cat([y[:, :1], y[:, 1 + L:]], dim=1)
                 new_b.append(y[:, 1:1 + L])
             b = torch.stack(new_b).mean(0)  # the shared bottleneck: average over modalities
@@ -208,6 +224,10 @@ class MBT(nn.Module):
             setattr(out, f"{m}_proj", proj)
         out.head_logits = {h: torch.stack([p[h] for p in per_mod]).mean(0) for h in per_mod[0]}
         return out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for enc in (self.audio, self.video):
+            enc.set_grad_checkpointing(enable)
 
     def cam_target(self, modality: str, block: int = -2):
         if modality not in ("audio", "video"):

@@ -12,6 +12,8 @@ relative position, so the grids are the same with or without them.
 The running mean lives in one width, D_F = the video encoder's final width; where a block's
 width differs (MViT doubles widths at stage starts) a Linear maps the tokens in or out, and
 another maps video-block outputs to the audio block's width when the two encoders differ.
+The blocks run through the encoders' `run_blocks`, so activation checkpointing
+(`set_grad_checkpointing`) covers the fused blocks too.
 """
 from __future__ import annotations
 

@@ -85,6 +85,13 @@ class MMT(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in every block of both encoders; the fused blocks too, since
+        the AVBottleneck runs them through the encoders' `run_blocks`."""
+        for enc in (self.video, self.audio):
+            if enc is not None:
+                enc.set_grad_checkpointing(enable)
+
     def _head_modules(self):
         heads = list(self.heads.values()) if self.fusion != "avg" else []
         if self.fusion == "avg" or self.aux_heads:

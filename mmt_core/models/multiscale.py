@@ -15,18 +15,25 @@ one reused bias buffer per block, so the bias of a chunk is written and read whi
 instead of a full (up to 134 MB) bias in fresh pages; the few prefix queries, which have no bias,
 take one tiny SDPA call. Token-major (B, N, heads, d) tensors so that SDPA, the residual pooling
 and the output projection need no transposed copies; one depthwise conv for all heads on a dense
-channels-last copy (Conv2d on 2-D grids), no dtype casts. Folding the rel-pos into augmented
-Q/K (one-hot key columns) was measured and rejected: +144 QK dims cost more than the bias.
+channels-last copy (Conv2d on 2-D grids). Folding the rel-pos into augmented Q/K (one-hot key
+columns) was measured and rejected: +144 QK dims cost more than the bias.
+
+On GPU (issue 35) the bias is the biggest tensor of a block: Q/K/V and the bias are in the
+autocast dtype (bf16; autocast would leave the pooled Q/K/V in fp32 after their LayerNorms), the
+bias rows are padded to a multiple of 8 columns so the memory-efficient SDPA kernel takes it as
+is, and its differentiable form (`_BiasSum`) writes the broadcast sum straight into that buffer.
+`set_grad_checkpointing` recomputes each block in the backward pass instead of keeping its
+activations.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 Grid = tuple[int, ...]
 
@@ -55,7 +62,10 @@ class EncoderConfig:
 
 
 def _prod(xs) -> int:
-    return math.prod(int(x) for x in xs)
+    n = 1
+    for x in xs:  # a loop, not math.prod of a generator: torch.compile traces it without a graph break
+        n *= int(x)
+    return n
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -78,6 +88,14 @@ def pool_tokens(x: Tensor, pool, grid: Grid, num_prefix: int) -> tuple[Tensor, G
     new_grid = tuple(t.shape[2:])
     t = t.movedim(1, -1).reshape(B, -1, *chans)  # (B, N', *channels)
     return (torch.cat((prefix, t), dim=1) if num_prefix else t), new_grid
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast computes matmuls in on x's device, or x's own dtype without autocast."""
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):  # (meta etc. have no autocast)
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
 
 
 def rel_pos_table(table: Tensor, q_len: int, k_len: int) -> Tensor:
@@ -107,7 +125,7 @@ def rel_pos_terms(q: Tensor, q_grid: Grid, k_grid: Grid, tables: list[Tensor]) -
     qs = _LETTERS[:D]
     terms = []
     for a in range(D):
-        R = rel_pos_table(tables[a], q_grid[a], k_grid[a])  # (q_a, k_a, d)
+        R = rel_pos_table(tables[a], q_grid[a], k_grid[a]).to(q.dtype)  # (q_a, k_a, d)
         term = torch.einsum(f"b{qs}nc,{qs[a]}kc->bn{qs}k", r_q, R)  # (B, heads, *q_grid, k_a)
         shape = [B, h, *q_grid] + [1] * D
         shape[2 + D + a] = k_grid[a]
@@ -118,28 +136,69 @@ def rel_pos_terms(q: Tensor, q_grid: Grid, k_grid: Grid, tables: list[Tensor]) -
 
 
 def _sum_into(terms: list[Tensor], out: Tensor) -> None:
-    """out[...] = sum(terms), broadcast; the full-size tensor is written once, in place."""
+    """out[...] = sum(terms), broadcast; the full-size tensor is written once, in place (no
+    autograd: `_BiasSum` is the differentiable wrapper)."""
     *head, last = terms  # 3-D grids: the smaller terms are summed first
     small = sum(head[1:], head[0]) if head else last.new_zeros(())
-    if small.requires_grad or last.requires_grad:  # out= has no autograd
-        out.copy_(small + last)
-    else:
-        torch.add(small, last, out=out)
+    torch.add(small, last, out=out)
+
+
+def bias_buffer(like: Tensor, B: int, h: int, rows: int, num_prefix: int, Nk: int) -> Tensor:
+    """An uninitialised (B, heads, rows, P+Nk) bias in `like`'s dtype and device, its P prefix key
+    columns zero, allocated with the last dimension padded to a multiple of 8: the memory-efficient
+    SDPA kernels need every stride but the last to be a multiple of 8 and otherwise pad the mask
+    with a full copy (torch's `preprocess_mask`). Returns the view of the first P+Nk columns; the
+    padding is never read."""
+    cols = num_prefix + Nk
+    buf = like.new_empty(B, h, rows, -(-cols // 8) * 8)  # (B, heads, rows, cols rounded up to 8)
+    bias = buf[..., :cols]
+    bias[..., :num_prefix].zero_()  # prefix keys have no grid position
+    return bias
+
+
+class _BiasSum(torch.autograd.Function):
+    """The rel-pos bias from its per-axis terms, differentiable, without a full-size temporary:
+    forward writes sum(terms) straight into a `bias_buffer` (prefix rows and columns zero);
+    backward reduces the bias's gradient onto each term's broadcast shape."""
+
+    @staticmethod
+    def forward(ctx, prefix_rows: int, prefix_cols: int, q_grid: Grid, k_grid: Grid, *terms: Tensor):
+        B, h = terms[0].shape[:2]
+        bias = bias_buffer(terms[0], B, h, prefix_rows + _prod(q_grid), prefix_cols, _prod(k_grid))
+        bias[:, :, :prefix_rows].zero_()  # prefix queries have no grid position
+        _sum_into(list(terms), bias[:, :, prefix_rows:, prefix_cols:].view(B, h, *q_grid, *k_grid))
+        ctx.grid_part = (prefix_rows, prefix_cols, (B, h, *q_grid, *k_grid))
+        ctx.term_shapes = [t.shape for t in terms]
+        return bias  # (B, heads, P_rows+Nq, P_cols+Nk), a view of the padded buffer
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pr, pc, shape = ctx.grid_part
+        g = grad[:, :, pr:, pc:].reshape(shape)  # (B, heads, *q_grid, *k_grid), a view when it can be
+        grads = [g.sum_to_size(s) if need else None
+                 for s, need in zip(ctx.term_shapes, ctx.needs_input_grad[4:])]
+        return (None, None, None, None, *grads)
 
 
 def rel_pos_bias(q: Tensor, q_grid: Grid, k_grid: Grid, tables: list[Tensor],
-                 num_prefix: int = 0) -> Tensor:
+                 num_prefix: int = 0, *, prefix_rows: bool = True) -> Tensor:
     """Decomposed relative position (eq. 2): E_rel[i, j] = sum_axis Q_i . R_axis[p(i), p(j)].
 
     q: (B, P+Nq, heads, d) token-major queries, the P prefix tokens first. Returns the additive
-    attention bias (B, heads, P+Nq, P+Nk), zero wherever a prefix token is involved.
+    attention bias (B, heads, P+Nq, P+Nk) in q's dtype, zero wherever a prefix token is involved
+    (`prefix_rows=False`: without the P prefix query rows), as a view of a `bias_buffer`.
     """
-    B, _, h, _ = q.shape
-    P, Nq, Nk = num_prefix, _prod(q_grid), _prod(k_grid)
-    bias = q.new_zeros(B, h, P + Nq, P + Nk)
-    _sum_into(rel_pos_terms(q[:, P:], q_grid, k_grid, tables),
-              bias[:, :, P:, P:].view(B, h, *q_grid, *k_grid))
-    return bias
+    P = num_prefix
+    terms = rel_pos_terms(q[:, P:], q_grid, k_grid, tables)
+    rows = P if prefix_rows else 0
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace `out=` into a strided view; inductor fuses these plain ops
+        # (broadcast sum, zero prefix, padding to 8) into one kernel that writes the buffer.
+        B, h, Nk = q.shape[0], q.shape[2], _prod(k_grid)
+        cols = P + Nk
+        grid_part = sum(terms[1:], terms[0]).reshape(B, h, _prod(q_grid), Nk)  # (B, heads, Nq, Nk)
+        return F.pad(grid_part, (P, -(-cols // 8) * 8 - cols, rows, 0))[..., :cols]
+    return _BiasSum.apply(rows, P, tuple(q_grid), tuple(k_grid), *terms)
 
 
 class MultiScaleAttention(nn.Module):
@@ -210,6 +269,11 @@ class MultiScaleAttention(nn.Module):
         q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid, num_prefix)  # (B, P+Nq, heads, d)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid, num_prefix)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid, num_prefix)
+        # Autocast runs LayerNorm in fp32, so pooled Q/K/V leave their norms in fp32; the bias
+        # (built from Q) and the attention must run in the compute dtype instead, or the bias
+        # is allocated in fp32 and SDPA's autocast copies it to bf16.
+        dtype = compute_dtype(x)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
 
         P, h = num_prefix, self.num_heads
         kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, P+Nk, d) views
@@ -239,16 +303,19 @@ class MultiScaleAttention(nn.Module):
         # Prefix queries have no bias. SDPA's output follows the query's layout, so the
         # transposes back to token-major are free views.
         outs = [F.scaled_dot_product_attention(q[:, :P].transpose(1, 2), kh, vh).transpose(1, 2)] if P else []
-        # Grid queries in chunks of whole slices of the first grid axis, the bias of a chunk built
-        # in one reused buffer: a full bias (up to 134 MB in MAT-B) is written to fresh pages (page
-        # faults) and read back from RAM; a chunk's stays in cache. With autograd or on GPU: one call.
+        # Grid queries: with autograd or on GPU, one call with the whole bias (`_BiasSum`).
+        # Otherwise (CPU inference) in chunks of whole slices of the first grid axis, the bias of
+        # a chunk built in one reused buffer: a full bias (up to 134 MB in MAT-B) is written to
+        # fresh pages (page faults) and read back from RAM; a chunk's stays in cache.
+        if torch.is_grad_enabled() or not q.is_cpu:
+            bias = rel_pos_bias(q, q_grid, k_grid, self.rel_tables(), P, prefix_rows=False)
+            outs.append(F.scaled_dot_product_attention(q[:, P:].transpose(1, 2), kh, vh,
+                                                       attn_mask=bias).transpose(1, 2))
+            return torch.cat(outs, dim=1)  # (B, P+Nq, heads, d), a fresh tensor (residual adds in place)
         terms = rel_pos_terms(q[:, P:], q_grid, k_grid, self.rel_tables())
         row = _prod(q_grid[1:])  # queries per slice of the first axis
-        one_call = torch.is_grad_enabled() or not q.is_cpu  # chunks help the CPU's caches only
-        step = q_grid[0] if one_call else max(1, self.chunk_queries // row)
-        Nk = _prod(k_grid)
-        bias = q.new_empty(B, h, min(step, q_grid[0]) * row, P + Nk)  # (B, heads, chunk, P+Nk)
-        bias[..., :P].zero_()  # prefix keys have no grid position
+        step = max(1, self.chunk_queries // row)
+        bias = bias_buffer(q, B, h, min(step, q_grid[0]) * row, P, _prod(k_grid))  # (B, heads, chunk, P+Nk)
         for a0 in range(0, q_grid[0], step):
             a1 = min(a0 + step, q_grid[0])
             b = bias[:, :, :(a1 - a0) * row]
@@ -373,9 +440,18 @@ class MultiscaleEncoder(nn.Module):
         self.num_features = dim
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.grids: list[Grid] = []  # grid after each block, from the last forward (for Grad-CAM)
+        self.grad_checkpointing = False  # recompute block activations in backward (set_grad_checkpointing)
         self.apply(_init_weights)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's name): while training with autograd on, each block
+        keeps only its input and recomputes its activations in the backward pass
+        (`torch.utils.checkpoint`, non-reentrant: the RNG state is restored, so drop-path draws
+        the same samples again; a test checks the gradients are unchanged). Every caller of
+        `run_blocks` gets it, the MMT's fusion blocks included."""
+        self.grad_checkpointing = enable
 
     @property
     def num_prefix(self) -> int:
@@ -398,10 +474,15 @@ class MultiscaleEncoder(nn.Module):
                    num_prefix: int | None = None) -> tuple[Tensor, Grid]:
         """Run blocks[start:stop] on (B, P+N, C) tokens; returns the tokens and the new grid."""
         p = self.num_prefix if num_prefix is None else num_prefix
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks[start:stop]:
             out_grid = blk.output_grid(grid)
             self.grids.append(out_grid)  # before the block runs: Grad-CAM reshapes inside its hook
-            x, grid = blk(x, grid, p), out_grid
+            if recompute:
+                x = checkpoint(blk, x, grid, p, use_reentrant=False)
+            else:
+                x = blk(x, grid, p)
+            grid = out_grid
         return x, grid
 
     def forward_features(self, x: Tensor) -> Tensor:
