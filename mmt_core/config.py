@@ -25,7 +25,12 @@ class DataConfig:
     val_split: str = "test"  # split evaluated during/after training ("" = none)
     num_frames: int = 16  # T frames per clip (paper: 16)
     image_size: int = 224  # square crop side fed to the video encoder
-    clip_seconds: float = 10.0  # window the frames and audio are sampled from (VGGSound: 10 s)
+    clip_seconds: float = 10.0  # window the audio is cut from (VGGSound: 10 s); frames too when
+    # video_seconds is 0. Window the T frames span, inside that audio window: drawn at random in
+    # training, evenly spaced test views (they differ; the audio is the same in each). 0 = the
+    # audio window (each test view then moves both). Paper recipes: 2.133 = 16 frames x stride 4
+    # at 30 fps (MViTv2 16x4).
+    video_seconds: float = 0.0
     sample_rate: int = 16000  # audio is resampled to this, mono (AST/CAV-MAE convention)
     num_mel_bins: int = 128  # kaldi fbank mel bins
     audio_frames: int = 1024  # fbank frames after cut/pad (10 ms shift: 1024 = 10.24 s)
@@ -38,7 +43,7 @@ class DataConfig:
     freq_mask: int = 48  # SpecAugment frequency mask width (AST: 48 of 128)
     time_mask: int = 192  # SpecAugment time mask width (AST: 192 of 1024)
     mixup: float = 0.0  # mixup alpha (0 = off; the training loop rejects other values for now)
-    test_views: int = 1  # evenly spaced temporal views averaged at test time (paper: 5)
+    test_views: int = 1  # temporal views averaged at test time (paper: 5); training validates on 1
     cache_dir: str = ""  # preprocessed frame+fbank shards (mmt_core.data.cache); "" = decode on the fly
     max_clip_seconds: float = 600.0  # refuse longer files (decode cap)
     # Own data (`mmt train --data`): share of each class's training clips carved out as the

@@ -12,6 +12,7 @@ the model's own randomness (dropout, drop-path) comes from the saved torch RNG s
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -70,12 +71,14 @@ def headline_top1(report: dict) -> float:
 
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (also used with one process) that can skip the first `skip` indices of
-    its epoch, so a run resumed mid-epoch sees exactly the clips it had not seen yet."""
+    its epoch, so a run resumed mid-epoch sees exactly the clips it had not seen yet. It yields
+    (epoch, index) keys: persistent workers keep their own copy of the dataset, so the epoch of
+    the augmentation RNG travels with each index (AVDataset.__getitem__)."""
 
     skip = 0
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip:])
+        return iter([(self.epoch, i) for i in list(super().__iter__())[self.skip:]])
 
     def __len__(self):
         return super().__len__() - self.skip
@@ -91,6 +94,18 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _with_views(val_set, views: int):
+    """A shallow copy of the validation set (files, or shards: their AVDataset `maker` makes
+    the items) with `views` test views per clip."""
+    out = copy.copy(val_set)
+    if hasattr(out, "maker"):
+        out.maker = copy.copy(out.maker)
+        out.maker.num_views = views
+    else:
+        out.num_views = views
+    return out
 
 
 def _loaders_kwargs(cfg: ExperimentConfig, device: torch.device) -> dict:
@@ -217,9 +232,10 @@ def _forward_losses(model, net, batch: dict, labels: dict, cfg: ExperimentConfig
     terms, the contrastive ones over the global batch through `gather`."""
     from .losses import compute_losses
 
-    inputs = model_inputs(batch, net.modalities, device)
+    norm = (cfg.data.video_mean, cfg.data.video_std)  # uint8 frames: normalised on the device
+    inputs = model_inputs(batch, net.modalities, device, video_norm=norm)
     if two_views:
-        second = model_inputs(batch, net.modalities, device, suffix="2")
+        second = model_inputs(batch, net.modalities, device, suffix="2", video_norm=norm)
         inputs = {k: torch.cat([inputs[k], second[k]]) for k in inputs}
     n = len(batch["index"])
     with torch.autocast(**amp):
@@ -303,8 +319,12 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                    seed=tc.seed)
         loader_gen = torch.Generator()
+        # Persistent workers: no re-spawn (and dataset re-pickle) per epoch; the epoch reaches
+        # them in the sampler's keys. Not for shards: their stream reads epoch/skip from the
+        # dataset object, which only fresh workers see.
         loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
-                            generator=loader_gen, **_loaders_kwargs(cfg, device))
+                            generator=loader_gen, persistent_workers=cfg.data.num_workers > 0,
+                            **_loaders_kwargs(cfg, device))
         steps_per_epoch = len(sampler) // tc.batch_size
         if steps_per_epoch == 0:
             raise ConfigError(f"{len(sampler)} training clips per process is fewer than "
@@ -453,10 +473,13 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
                        "skipped": int(skipped)}
         if pos < steps_per_epoch:  # stopped by max_steps in the middle of the epoch
             break
+        final = epoch == tc.epochs or done
         evaluate_now = val_set is not None and (
-            (tc.eval_every and epoch % tc.eval_every == 0) or epoch == tc.epochs or done)
+            (tc.eval_every and epoch % tc.eval_every == 0) or final)
         if evaluate_now:  # every rank evaluates its share; all get the same report
-            val_report = run_eval(net, val_set, classes, batch_size=tc.batch_size, device=device,
+            # val_set has the recipe's test_views (paper: 5): those once, at the end; 1 before
+            eval_set = val_set if final else _with_views(val_set, 1)
+            val_report = run_eval(net, eval_set, classes, batch_size=tc.batch_size, device=device,
                                   amp=tc.amp, num_workers=cfg.data.num_workers, progress=progress,
                                   desc=f"val {epoch}")
         is_best = False

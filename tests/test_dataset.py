@@ -25,7 +25,8 @@ def test_train_item(synth_dir):
     item = ds[3]
     assert item["video"].shape == item["video2"].shape == (3, 4, 32, 32)
     assert item["audio"].shape == item["audio2"].shape == (1, 64, 200)
-    assert item["video"].dtype == item["audio"].dtype == torch.float32
+    assert item["video"].dtype == item["video2"].dtype == torch.uint8  # normalised on the device
+    assert item["audio"].dtype == torch.float32
     assert item["labels"] == ds.records[3].labels and item["index"] == 3 and item["has_audio"] is True
     assert not torch.equal(item["video"], item["video2"])  # two independent views
     assert torch.isfinite(item["audio"]).all() and item["audio"].std() > 0.1
@@ -101,4 +102,49 @@ def test_segments_use_their_window(tmp_path):
     for item, start in ((early, 0.5), (late, 3.0)):  # frames come from inside the segment
         for k in range(4):
             level = frame_level(int((start + (k + 0.5) * 0.5 / 4) * 25))
-            assert abs(item["video"][0, k].mean().item() - (level / 255 - 0.45) / 0.225) < 0.05
+            assert abs(item["video"][0, k].float().mean().item() - level) < 3
+
+
+def test_paper_views_differ_audio_repeats(tmp_path):
+    # the paper's protocol on a 10-s clip: 5 test views of a 2-s video window, one audio window
+    clip = make_media(tmp_path / "ten.mp4", seconds=10.0, fps=10, rate=16000)
+    cfg = dataclasses.replace(CFG, clip_seconds=10.0, video_seconds=2.0, audio_frames=1000)
+    item = AVDataset([ClipRecord(str(clip), {"label": 0})], {"label": ["a"]}, cfg, train=False,
+                     num_views=5)[0]
+    assert item["video"].shape == (5, 3, 4, 32, 32) and item["audio"].shape == (5, 1, 64, 1000)
+    means = item["video"].float().mean(dim=(1, 3, 4))  # (V, T) grey level of each frame
+    assert len({tuple(m.round().tolist()) for m in means}) == 5  # five different frame windows
+    for v in range(5):  # view v shows the frames of [2v, 2v + 2) s (+ the ~0.02-s centring)
+        shown = [int((0.024 + 2 * v + 0.25 + 0.5 * k) * 10) for k in range(4)]
+        np.testing.assert_allclose(means[v].numpy(), [frame_level(i) for i in shown], atol=3)
+    for v in range(1, 5):
+        assert torch.equal(item["audio"][v], item["audio"][0])  # the audio: the same in each
+
+
+def test_two_views_decode_once(synth_dir, monkeypatch):
+    from mmt_core.data import dataset as dataset_mod
+
+    calls = []
+    real = dataset_mod.decode_views
+    monkeypatch.setattr(dataset_mod, "decode_views",
+                        lambda *a, **kw: calls.append(kw["num_views"]) or real(*a, **kw))
+    monkeypatch.setattr(dataset_mod, "decode", None)  # the per-view path must not run
+    item = _ds(synth_dir, train=True, two_views=True)[1]
+    assert calls == [2]  # ONE decode for both IMC views
+    assert not torch.equal(item["video"], item["video2"])  # augmented twice
+    assert not torch.equal(item["audio"], item["audio2"])  # SpecAugment twice
+
+
+def test_persistent_workers_see_the_epoch(synth_dir):
+    from mmt_core.engine import ResumableSampler
+
+    ds = _ds(synth_dir, train=True)
+    sampler = ResumableSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, num_workers=1,
+                                         persistent_workers=True, collate_fn=collate_skip_broken)
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)  # ds.set_epoch is NOT called: the keys carry the epoch
+        batch = next(iter(loader))
+        first = int(batch["index"][0])
+        assert torch.equal(batch["video"][0], ds.load(first, epoch)["video"])
+    assert not torch.equal(ds.load(first, 1)["video"], ds.load(first, 2)["video"])

@@ -179,3 +179,50 @@ def test_cli_errors_are_one_line(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"mmt {args[0]}: error:"), r.stderr
         assert "Traceback" not in r.stderr
+
+
+def _shown(times, fps):
+    """Index of the frame on screen at each time (the last one starting at or before it)."""
+    return np.floor(np.asarray(times) * fps + 1e-6).astype(int)
+
+
+def test_paper_test_views_differ_and_share_the_audio(tmp_path):
+    # 10 s at 10 fps: 100 frames, each with its own grey level (frame_level is unique below 112)
+    p = make_media(tmp_path / "ten.mp4", seconds=10.0, fps=10, rate=16000)
+    views = media.decode_views(p, num_frames=4, clip_seconds=10.0, video_seconds=2.0, num_views=5)
+    assert len(views) == 5
+    # evenly spaced 2-s video windows over the 10-s audio window, both ends included
+    w0 = views[0].start  # the centred 10-s audio window of a ~10.05-s file (AAC padding)
+    assert w0 == pytest.approx(0.0, abs=0.05)
+    starts = [v.times[0] - 0.25 - w0 for v in views]  # 4 frames over 2 s: centres at +0.25, ...
+    assert starts == pytest.approx([0.0, 2.0, 4.0, 6.0, 8.0], abs=1e-6)
+    for v in views:
+        np.testing.assert_allclose(np.diff(v.times), 0.5)
+        levels = [frame_level(i) for i in _shown(v.times, 10)]  # the frames really shown then
+        np.testing.assert_allclose(v.frames.reshape(4, -1).mean(1), levels, atol=3)
+    shown = [tuple(_shown(v.times, 10)) for v in views]
+    assert len(set(shown)) == 5  # five different frame windows
+    whole = media.decode(p, num_frames=4, clip_seconds=10.0)  # the audio: the whole 10-s clip
+    for v in views:
+        assert v.start == whole.start and np.array_equal(v.audio, whole.audio)
+    assert np.abs(whole.audio[-16000:]).max() > 0.5  # the clip's loud end is in it
+
+
+def test_training_views_are_random_windows_inside_the_audio_window(tmp_path):
+    p = make_media(tmp_path / "long.mp4", seconds=6.0, fps=10, rate=16000)
+    kw = dict(num_frames=4, clip_seconds=4.0, video_seconds=1.0, num_views=2)
+    a = media.decode_views(p, rng=np.random.default_rng(3), **kw)
+    b = media.decode_views(p, rng=np.random.default_rng(3), **kw)
+    assert [x.times.tolist() for x in a] == [x.times.tolist() for x in b]  # seeded
+    w0 = a[0].start
+    assert 0.0 <= w0 <= 2.0 and a[1].start == w0 and a[0].audio is a[1].audio
+    for v in a:  # each video window lies inside the audio window and lasts 1 s
+        assert w0 <= v.times[0] - 0.125 and v.times[-1] + 0.125 <= w0 + 4.0 + 1e-6
+        levels = [frame_level(i) for i in _shown(v.times, 10)]
+        np.testing.assert_allclose(v.frames.reshape(4, -1).mean(1), levels, atol=3)
+    assert a[0].times[0] != a[1].times[0]  # two different windows for the two IMC views
+    # video_seconds = 0: the views are the audio window itself, decoded once (the same array)
+    same = media.decode_views(p, num_frames=4, clip_seconds=4.0, video_seconds=0.0, num_views=2)
+    centre = media.decode(p, num_frames=4, clip_seconds=4.0)
+    assert same[0].frames is same[1].frames and np.array_equal(same[0].frames, centre.frames)
+    np.testing.assert_allclose(same[1].times, centre.times)

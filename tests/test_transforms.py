@@ -75,3 +75,31 @@ def test_mixup_batch():
     torch.testing.assert_close(out["audio"][:, 0], expected * 10)
     same, lam0, lab0 = transforms.mixup_batch(batch, 0.0)
     assert lam0 == 1.0 and same is batch and torch.equal(lab0["label"], batch["labels"]["label"])
+
+
+def test_uint8_path_and_device_normalisation():
+    f = _frames(3, 48, 64)
+    u = transforms.video_train_uint8(f, 32, (0.3, 1.0), True, np.random.default_rng(4))
+    assert u.dtype == torch.uint8 and u.shape == (3, 3, 32, 32)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    ref = transforms.video_train(f, 32, (0.3, 1.0), True, mean, std, np.random.default_rng(4))
+    assert torch.equal(transforms.normalise_video(u, mean, std), ref)  # one code path
+    batch = torch.stack([u, u.flip(-1)])[None]  # (B=1, V=2, 3, T, S, S): test views
+    out = transforms.normalise_video(batch, mean, std)
+    assert out.shape == batch.shape and torch.equal(out[0, 0], ref)
+    with pytest.raises(ValueError):
+        transforms.normalise_video(ref, mean, std)  # already float
+
+
+def test_uint8_resize_rounds_and_same_size_is_exact():
+    f = _frames(2, 60, 80)
+    # no resize (frames already at the crop size): exactly the float formula (x/255 - m)/s
+    same = transforms.video_eval(f[:, :60, 10:70], 60)
+    plain = (torch.from_numpy(f[:, :60, 10:70]).permute(3, 0, 1, 2).float() / 255 - 0.45) / 0.225
+    assert torch.equal(same, plain)
+    # with a resize: within one grey level of resizing in float
+    import torch.nn.functional as F
+    got = transforms.video_eval_uint8(f, 30).float()
+    x = torch.from_numpy(f).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+    want = F.interpolate(x, size=(30, 40), mode="bilinear", antialias=True)[..., 5:35]
+    assert (got - want.permute(1, 0, 2, 3)).abs().max() <= 1.0

@@ -14,10 +14,10 @@ import av
 import numpy as np
 import torch
 
-from ..errors import MediaError
+from ..errors import ConfigError, MediaError
 from . import features, transforms
 from .manifests import ClipRecord
-from .media import decode
+from .media import decode, decode_views
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ class AVDataset(torch.utils.data.Dataset):
             raise ValueError(f"modalities must be 'av', 'a' or 'v', got {modalities!r}")
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if data_cfg.cache_dir and data_cfg.video_seconds > 0:
+            raise ConfigError("data.video_seconds > 0 needs decoding on the fly (files or mp4 "
+                              "shards): the frame cache samples whole windows; unset cache_dir")
         self.records = list(records)
         self.classes = classes
         self.cfg = data_cfg
@@ -65,7 +68,8 @@ class AVDataset(torch.utils.data.Dataset):
         return {**self.__dict__, "_cache": None}
 
     def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch (with non-persistent workers) so augmentation changes per epoch."""
+        """The epoch of plain-index access (ds[i], load(i), non-persistent workers); a loader
+        with persistent workers passes (epoch, index) keys instead (EpochSampler)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -80,94 +84,125 @@ class AVDataset(torch.utils.data.Dataset):
                                       num_mel_bins=self.cfg.num_mel_bins)
         return self._cache
 
-    def _window(self, rec: ClipRecord, rng, view: int | None, num_views: int, source=None):
-        """(frames uint8 (T,H,W,3) | None, fbank (F,N) | None, has_audio) of one window.
+    def _raw(self, rec: ClipRecord, rng, n: int, source=None) -> tuple[list, list, bool]:
+        """(frames per view: uint8 (T,H,W,3) | None, fbank per view: (F,N) | None, has_audio)
+        of n views: n = 1 + two_views in training (one decode, augmented n times), num_views at
+        test. Views that share one audio window hold the same fbank object (computed once).
 
         source: None = rec.path (or the cache); a file-like = the media's bytes (a shard member,
         with rec.start/end relative to it); a tuple (frames, fbank, has_audio) = that window,
-        already decoded (a `--decoded` shard: one stored window, so only view 0 of 1).
+        already decoded (a `--decoded` shard: one stored window, so one test view).
         """
         cfg = self.cfg
         want_v, want_a = "v" in self.modalities, "a" in self.modalities
+        spread = not self.train and n > 1 and cfg.video_seconds <= 0  # views = own A+V windows
         if isinstance(source, tuple):
-            if num_views != 1:
-                raise ValueError(f"a decoded sample holds one window, not {num_views} views")
+            if not self.train and n != 1:
+                raise ValueError(f"a decoded sample holds one window, not {n} views")
             frames, fb, has_audio = source
-            return (frames if want_v else None), (fb if want_a else None), has_audio
+            return [frames if want_v else None] * n, [fb if want_a else None] * n, has_audio
         reader = self._cache_reader() if source is None else None
         hit = reader.lookup(rec) if reader is not None else None
         if hit is not None:
-            return reader.window(hit, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
-                                 target_frames=cfg.audio_frames, view=view, num_views=num_views,
-                                 rng=None if view is not None else rng, video=want_v, audio=want_a)
-        if source is not None:
-            source.seek(0)  # the same bytes serve several windows (views, the IMC second view)
-        clip = decode(rec.path if source is None else source, num_frames=cfg.num_frames,
-                      clip_seconds=cfg.clip_seconds,
-                      sample_rate=cfg.sample_rate, start=rec.start, end=rec.end, view=view,
-                      num_views=num_views, rng=None if view is not None else rng,
+            wins = [reader.window(hit, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
+                                  target_frames=cfg.audio_frames, view=v, num_views=n,
+                                  rng=None, video=want_v, audio=want_a) for v in range(n)] \
+                if spread else [reader.window(
+                    hit, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
+                    target_frames=cfg.audio_frames, view=None if self.train else 0,
+                    num_views=1, rng=rng if self.train else None, video=want_v,
+                    audio=want_a)] * n
+            return ([w[0] if want_v else None for w in wins],
+                    [w[1] if want_a else None for w in wins], wins[0][2])
+        common = dict(num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
+                      sample_rate=cfg.sample_rate, start=rec.start, end=rec.end,
                       max_seconds=cfg.max_clip_seconds, video=want_v, audio=want_a,
                       short_side=decode_short_side(cfg.image_size))
-        fb = None
-        if want_a:
-            fb = features.fbank(clip.audio, clip.sample_rate, cfg.num_mel_bins, cfg.audio_frames)
-        return (clip.frames if want_v else None), fb, clip.has_audio
+        if spread:  # video_seconds = 0: each test view its own clip_seconds window (as before)
+            clips = []
+            for v in range(n):
+                if source is not None:
+                    source.seek(0)  # the same bytes serve every view
+                clips.append(decode(rec.path if source is None else source, view=v,
+                                    num_views=n, **common))
+        else:  # one audio window; the video windows inside it (one pass)
+            clips = decode_views(rec.path if source is None else source,
+                                 video_seconds=cfg.video_seconds, num_views=n,
+                                 rng=rng if self.train else None, **common)
+        fbs: dict[int, torch.Tensor] = {}  # id(audio array) -> fbank: shared windows once
+        for c in clips:
+            if want_a and id(c.audio) not in fbs:
+                fbs[id(c.audio)] = features.fbank(c.audio, c.sample_rate, cfg.num_mel_bins,
+                                                  cfg.audio_frames)
+        return ([c.frames if want_v else None for c in clips],
+                [fbs[id(c.audio)] if want_a else None for c in clips], clips[0].has_audio)
 
-    def _tensors(self, frames, fb, rng) -> dict:
-        cfg, out = self.cfg, {}
-        if frames is not None:
-            if self.train:
-                out["video"] = transforms.video_train(frames, cfg.image_size, tuple(cfg.train_scale),
-                                                      cfg.hflip, cfg.video_mean, cfg.video_std, rng)
-            else:
-                out["video"] = transforms.video_eval(frames, cfg.image_size, cfg.video_mean, cfg.video_std)
-        if fb is not None:
-            if self.train and (cfg.freq_mask > 0 or cfg.time_mask > 0):
-                fb = transforms.spec_augment(fb, cfg.freq_mask, cfg.time_mask, rng)  # before norm (AST)
-            out["audio"] = features.normalize(fb, cfg.audio_mean, cfg.audio_std).unsqueeze(0)  # (1, F, N)
-        return out
+    def _video(self, frames, rng) -> torch.Tensor:
+        """uint8 (3, T, S, S): normalised on the device (evaluation.model_inputs)."""
+        cfg = self.cfg
+        if self.train:
+            return transforms.video_train_uint8(frames, cfg.image_size, tuple(cfg.train_scale),
+                                                cfg.hflip, rng)
+        return transforms.video_eval_uint8(frames, cfg.image_size)
 
-    def _view(self, rec, rng, view=None, num_views=1, source=None) -> tuple[dict, bool]:
-        frames, fb, has_audio = self._window(rec, rng, view, num_views, source)
-        return self._tensors(frames, fb, rng), has_audio
+    def _audio(self, fb, rng) -> torch.Tensor:
+        """(1, F, N) normalised fbank (SpecAugment first in training, as AST)."""
+        cfg = self.cfg
+        if self.train and (cfg.freq_mask > 0 or cfg.time_mask > 0):
+            fb = transforms.spec_augment(fb, cfg.freq_mask, cfg.time_mask, rng)
+        return features.normalize(fb, cfg.audio_mean, cfg.audio_std).unsqueeze(0)  # (1, F, N)
 
     # ------------------------------------------------------------------ items
     def make_item(self, rec: ClipRecord, rng: np.random.Generator, index: int,
                   source=None) -> dict:
         """The one per-sample function of every storage: a record (labels, segment) and its media
-        -> the item dict. `source` as in `_window`: None (file or cache), in-memory bytes
+        -> the item dict. `source` as in `_raw`: None (file or cache), in-memory bytes
         (a shard's mp4) or decoded arrays (a `--decoded` shard). Raises MediaError when broken."""
-        if self.train or self.num_views == 1:
-            view = None if self.train else 0
-            item, has_audio = self._view(rec, rng, view, 1, source)
+        n = (1 + self.two_views) if self.train else self.num_views
+        frames, fbs, has_audio = self._raw(rec, rng, n, source)
+        views = []
+        for v in range(n):  # per view: crop/flip, then SpecAugment (the RNG order of a resume)
+            out = {}
+            if frames[v] is not None:
+                out["video"] = self._video(frames[v], rng)
+            if fbs[v] is not None:  # a test view sharing view 0's audio shares its tensor
+                same = not self.train and v > 0 and fbs[v] is fbs[0]
+                out["audio"] = views[0]["audio"] if same else self._audio(fbs[v], rng)
+            views.append(out)
+        if self.train or n == 1:
+            item = views[0]
         else:
-            views = [self._view(rec, rng, v, self.num_views, source) for v in range(self.num_views)]
-            has_audio = views[0][1]
-            item = {k: torch.stack([v[0][k] for v in views]) for k in views[0][0]}  # (V, ...)
-        if self.two_views:
-            second, _ = self._view(rec, rng, None if self.train else 0, 1, source)
-            item.update({f"{k}2": v for k, v in second.items()})
+            item = {k: torch.stack([v[k] for v in views]) for k in views[0]}  # (V, ...)
+        if self.two_views:  # training: the second augmentation; eval: view 0 again
+            second = views[1] if self.train else views[0]
+            item.update({f"{k}2": x for k, x in second.items()})
         item["labels"] = dict(rec.labels)
         item["has_audio"] = bool(has_audio)
         item["index"] = index
         return item
 
-    def load(self, index: int) -> dict:
-        """The item, raising MediaError for a broken clip (__getitem__ returns None for those)."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def load(self, index: int, epoch: int | None = None) -> dict:
+        """The item (of `epoch`, default the last set_epoch), raising MediaError for a broken
+        clip (__getitem__ returns None for those)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
         return self.make_item(self.records[index], rng, index)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, key) -> dict | None:
+        """key: an index, or (epoch, index) from `EpochSampler` (persistent workers keep their
+        own copy of the dataset, so set_epoch in the main process does not reach them)."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         try:
-            return self.load(index)
+            return self.load(index, epoch)
         except (MediaError, av.error.FFmpegError, OSError) as e:  # config errors propagate
             log.debug("broken clip %s: %s", self.records[index].path, e)
             return None
 
-    def __getitems__(self, indices: list[int]) -> Batch:
+    def __getitems__(self, keys: list) -> Batch:
         """Batched fetch used by the DataLoader: remembers which paths were broken."""
-        batch = Batch(self[i] for i in indices)
-        batch.skipped_paths = [self.records[i].path for i, x in zip(indices, batch) if x is None]
+        batch = Batch(self[k] for k in keys)
+        batch.skipped_paths = [self.records[k[1] if isinstance(k, tuple) else k].path
+                               for k, x in zip(keys, batch) if x is None]
         return batch
 
 

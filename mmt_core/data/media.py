@@ -269,6 +269,12 @@ def _check_decodable(info: MediaInfo, path, *, video: bool, span: float,
         raise MediaError(f"video stream without a frame size: {path}")
 
 
+def _frame_times(w0: float, w1: float, num_frames: int) -> np.ndarray:
+    """Centres of T equal bins over [w0, w1]: (T,) seconds (16 over 2.13 s = a 4-frame stride
+    at 30 fps, MViTv2's 16x4 sampling)."""
+    return w0 + (np.arange(num_frames) + 0.5) * (w1 - w0) / num_frames
+
+
 def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 16000,
            start: float | None = None, end: float | None = None, view: int | None = None,
            num_views: int = 1, rng: np.random.Generator | None = None, max_seconds: float = 600,
@@ -284,6 +290,44 @@ def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 160
     without decoding audio. `max_side` / `short_side` downsize frames in FFmpeg's scaler while
     converting to RGB (much cheaper than converting full HD frames and resizing them later).
     """
+    return _decode(path, num_frames=num_frames, clip_seconds=clip_seconds,
+                   sample_rate=sample_rate, start=start, end=end, rng=rng,
+                   audio_window=dict(view=view, num_views=num_views), video_windows=None,
+                   max_seconds=max_seconds, max_side=max_side, short_side=short_side,
+                   video=video, audio=audio, time_limit=time_limit)[0]
+
+
+def decode_views(path, *, num_frames: int, clip_seconds: float, video_seconds: float,
+                 num_views: int = 1, sample_rate: int = 16000, start: float | None = None,
+                 end: float | None = None, rng: np.random.Generator | None = None,
+                 max_seconds: float = 600, max_side: int | None = None,
+                 short_side: int | None = None, video: bool = True, audio: bool = True,
+                 time_limit: float = DECODE_TIME_LIMIT) -> list[Clip]:
+    """`num_views` clips of one audio window, decoded in ONE pass (the audio once, the union of
+    the views' frame times once); every clip holds the same audio array.
+
+    The audio window (clip_seconds) is drawn at random from `rng`, else it is the centre window
+    (or start/end, as in `decode`). Each view's frames span a video window of `video_seconds`
+    inside it: drawn at random (rng: training; two views = the two IMC views), else view i of
+    num_views evenly spaced, both ends included (the MViTv2/SlowFast test protocol).
+    video_seconds <= 0, or not shorter than the audio window, = the audio window itself: all views
+    then share the same frames (decode once, augment twice).
+    """
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    return _decode(path, num_frames=num_frames, clip_seconds=clip_seconds,
+                   sample_rate=sample_rate, start=start, end=end, rng=rng,
+                   audio_window=dict(view=None if rng is not None else 0, num_views=1),
+                   video_windows=(video_seconds, num_views), max_seconds=max_seconds,
+                   max_side=max_side, short_side=short_side, video=video, audio=audio,
+                   time_limit=time_limit)
+
+
+def _decode(path, *, num_frames, clip_seconds, sample_rate, start, end, rng, audio_window: dict,
+            video_windows, max_seconds, max_side, short_side, video, audio,
+            time_limit) -> list[Clip]:
+    """decode / decode_views: the audio window from choose_window(**audio_window); the video
+    windows: None = the audio window, else (video_seconds, views) inside it."""
     if num_frames < 1 or num_frames > MAX_FRAMES:
         raise MediaError(f"num_frames must be in 1..{MAX_FRAMES}, got {num_frames}")
     if sample_rate <= 0:
@@ -295,15 +339,29 @@ def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 160
         # the cap guards against decoding hours of media; a segment of a long video (EPIC) is fine
         span = (min(end, info.duration) - (start or 0.0)) if end is not None else info.duration
         _check_decodable(info, path, video=video, span=span, max_seconds=max_seconds)
-        w0, w1 = choose_window(info.duration, clip_seconds, start=start, end=end, view=view,
-                               num_views=num_views, rng=rng)
-        # Centres of T equal bins over the real content of the window (inside the file).
-        times = w0 + (np.arange(num_frames) + 0.5) * (w1 - w0) / num_frames
+        w0, w1 = choose_window(info.duration, clip_seconds, start=start, end=end, rng=rng,
+                               **audio_window)
+        if video_windows is None:
+            bounds = [(w0, w1)]
+        else:
+            seconds, n = video_windows
+            if seconds <= 0 or seconds >= w1 - w0:
+                bounds = [(w0, w1)] * n
+            else:  # inside the audio window: random (training) or view i of n (test)
+                bounds = [choose_window(info.duration, seconds, start=w0, end=w1, view=v,
+                                        num_views=n, rng=rng)
+                          for v in ([None] * n if rng is not None else range(n))]
+        per_view = [_frame_times(a, b, num_frames) for a, b in bounds]  # V x (T,)
+        one_window = len(set(bounds)) == 1
+        if one_window:  # one window (or views sharing it): its frames, decoded once
+            uniq, inverse = per_view[0], np.tile(np.arange(num_frames), len(bounds))
+        else:  # the union of the windows' frame times, in order; overlaps decode once
+            uniq, inverse = np.unique(np.round(np.concatenate(per_view), 6), return_inverse=True)
         offset = _offset(container)
         if video:
             size = _target_size(info.width, info.height, max_side, short_side)
-            frames = _decode_video(container, times, w0, offset, size, info.duration, t0,
-                                   time_limit, path)
+            frames = _decode_video(container, uniq, min(b[0] for b in bounds), offset, size,
+                                   info.duration, t0, time_limit, path)  # (U, H, W, 3)
         else:
             frames = np.zeros((0, 0, 0, 3), dtype=np.uint8)
         total = int(round(clip_seconds * sample_rate))
@@ -312,8 +370,13 @@ def decode(path, *, num_frames: int, clip_seconds: float, sample_rate: int = 160
             wav = _decode_audio(container, w0, w1, offset, sample_rate, total, t0, time_limit, path)
         else:
             wav = np.zeros(total, dtype=np.float32)
-    return Clip(frames=frames, audio=wav, sample_rate=sample_rate, has_audio=has_audio, start=w0,
-                duration=info.duration, times=times)
+    clips = []
+    for k, t in enumerate(per_view):
+        idx = inverse[k * num_frames:(k + 1) * num_frames]
+        clips.append(Clip(frames=frames if one_window or not video else frames[idx], audio=wav,
+                          sample_rate=sample_rate, has_audio=has_audio, start=w0,
+                          duration=info.duration, times=t))
+    return clips
 
 
 def decode_windows(path: str | Path, starts, *, num_frames: int, clip_seconds: float,
@@ -331,8 +394,7 @@ def decode_windows(path: str | Path, starts, *, num_frames: int, clip_seconds: f
         info = _info(container, path)
         _check_decodable(info, path, video=True, span=info.duration, max_seconds=max_seconds)
         bounds = [choose_window(info.duration, clip_seconds, start=s) for s in starts]
-        times = np.concatenate([w0 + (np.arange(num_frames) + 0.5) * (w1 - w0) / num_frames
-                                for w0, w1 in bounds])  # (K*T,)
+        times = np.concatenate([_frame_times(w0, w1, num_frames) for w0, w1 in bounds])  # (K*T,)
         uniq, inverse = np.unique(np.round(times, 6), return_inverse=True)
         offset = _offset(container)
         size = _target_size(info.width, info.height, None, short_side)

@@ -145,9 +145,10 @@ def _decoded_sample(rec: ClipRecord, maker) -> tuple[dict, dict]:
     window's T frames at the decode size (JPEG) and its fbank (float16 .npy)."""
     from PIL import Image
 
-    frames, fb, has_audio = maker._window(rec, None, 0, 1)  # the same decode + fbank as AVDataset
+    frames, fbs, has_audio = maker._raw(rec, None, 1)  # the same decode + fbank as AVDataset
+    fb = fbs[0]
     members = {}
-    for t, f in enumerate(frames):
+    for t, f in enumerate(frames[0]):
         b = io.BytesIO()
         Image.fromarray(f).save(b, format="JPEG", quality=95)
         members[f"{t:03d}.jpg"] = b.getvalue()
@@ -163,7 +164,8 @@ def _decoded_preprocessing(cfg) -> dict:
     return {"num_frames": cfg.num_frames, "image_size": cfg.image_size,
             "short_side": decode_short_side(cfg.image_size), "clip_seconds": cfg.clip_seconds,
             "sample_rate": cfg.sample_rate, "num_mel_bins": cfg.num_mel_bins,
-            "audio_frames": cfg.audio_frames, "view": "centre", "fbank_dtype": "float16",
+            "audio_frames": cfg.audio_frames, "video_seconds": cfg.video_seconds,
+            "view": "centre", "fbank_dtype": "float16",
             "jpeg_quality": 95}
 
 
@@ -351,8 +353,9 @@ def check_decoded(idx: dict, cfg) -> None:
     pre = idx.get("preprocessing")
     if idx["kind"] != "decoded":
         return
-    for key in ("num_frames", "clip_seconds", "sample_rate", "num_mel_bins", "audio_frames"):
-        if pre[key] != getattr(cfg, key):
+    for key in ("num_frames", "clip_seconds", "sample_rate", "num_mel_bins", "audio_frames",
+                "video_seconds"):
+        if pre.get(key, 0.0) != getattr(cfg, key):  # indexes before video_seconds: 0
             raise ConfigError(f"decoded shards {idx['url']} hold {key}={pre[key]}, the config "
                               f"says {getattr(cfg, key)}: re-shard with this recipe")
     if cfg.image_size > pre["short_side"]:
