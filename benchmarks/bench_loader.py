@@ -11,6 +11,15 @@ per item and bytes per stored sample. The built-in clips are 4 s of 128x128 H.26
 size the output-side costs (16 frames resized to 224², a 10-s fbank) are real, but decoding a
 VGGSound clip (10 s, ~360p) costs more than decoding these, so `--vgg-like N` also times N
 generated 10-s 480x360 clips at the paper size; see docs/scaling.md.
+
+`--paper-loader N` times the training DataLoader itself at the paper's sizes: N generated
+VGGSound-like clips (FFmpeg testsrc2 640x360 at 25 fps + a sine, H.264/AAC, 10 s), 16 frames at
+224^2, audio 1x128x1024, two IMC views, batch 8, with 0, 1 and 2 worker processes (items/s,
+CPU ms per item of the workers, bytes per batch by key). It runs on whichever `mmt_core` is on
+PYTHONPATH (an old checkout gives the "before" column); `--video-seconds 0,2.133` also times
+the paper's short video window where the checkout has `data.video_seconds`.
+
+    python benchmarks/bench_loader.py --sizes "" --vgg-like 0 --paper-loader 8
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ import dataclasses
 import json
 import os
 import platform
+import resource
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -135,6 +146,87 @@ def _vgg_like(tmp: Path, clips: int, passes: int) -> dict:
                                                             True), n, w)}
 
 
+def _testsrc_clip(path: Path, seconds: float = 10.0) -> None:
+    """A VGGSound-like clip by FFmpeg: testsrc2 640x360 at 25 fps + a 440-Hz sine at 44.1 kHz,
+    H.264 (x264 defaults) + AAC in mp4."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y",
+                    "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=25:duration={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    str(path)], check=True)
+
+
+def _cpu_s() -> tuple[float, float]:
+    """(this process, its reaped children) CPU seconds: DataLoader workers count once joined."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def _loader_rate(ds, workers: int, batch: int, batches: int) -> dict:
+    """items/s of a training DataLoader over `batches` batches after one untimed batch (worker
+    start-up, first decode); CPU ms per timed item in the workers (or the main process)."""
+    from torch.utils.data import DataLoader
+
+    from mmt_core.data.dataset import collate_skip_broken
+
+    n = len(ds)
+    order = [i % n for i in range(batch * (batches + 1))]
+    loader = DataLoader(ds, batch_size=batch, sampler=order, num_workers=workers,
+                        collate_fn=collate_skip_broken, persistent_workers=workers > 0)
+    it = iter(loader)
+    c0 = _cpu_s()
+    first = next(it)
+    t, c1 = time.perf_counter(), _cpu_s()
+    for _ in range(batches):
+        b = next(it)
+        assert b["skipped"] == 0
+    wall = time.perf_counter() - t
+    own = _cpu_s()[0] - c1[0]
+    del it, loader  # joins the workers: their CPU time lands in RUSAGE_CHILDREN
+    kids = _cpu_s()[1] - c0[1]
+    items = batch * batches
+    per_batch = {k: int(first[k].numel() * first[k].element_size())
+                 for k in ("video", "video2", "audio", "audio2") if k in first}
+    return {"num_workers": workers, "items_per_s": round(items / wall, 2),
+            # workers: all their CPU incl. the untimed first batch, over all items they made
+            "cpu_ms_per_item": round(1000 * (own if workers == 0 else kids) /
+                                     (items if workers == 0 else items + batch), 1),
+            "video_dtype": str(first["video"].dtype), "bytes_per_batch": sum(per_batch.values()),
+            "bytes_per_batch_by_key": per_batch}
+
+
+def _paper_loader(tmp: Path, clips: int, batches: int, video_seconds: list[float],
+                  workers: list[int]) -> dict:
+    """The paper's training items (16 x 224^2, 1x128x1024, two IMC views, batch 8) through the
+    DataLoader, on generated 10-s 640x360 clips."""
+    import csv
+
+    d = tmp / "paper_loader"
+    d.mkdir()
+    for i in range(clips):
+        _testsrc_clip(d / f"clip{i}.mp4")
+    with open(d / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for i in range(clips):
+            w.writerow([f"clip{i}.mp4", f"c{i % 2}", "train"])
+    m = read_manifest(d / "manifest.csv", split="train")
+    frames, side, secs, audio_frames = SIZES["paper"]
+    has_vs = "video_seconds" in {f.name for f in dataclasses.fields(DataConfig)}
+    out = {"clips": clips, "clip": "10 s, testsrc2 640x360, 25 fps H.264 + 440 Hz sine AAC",
+           "mp4_bytes_per_clip": sum(p.stat().st_size for p in d.glob("*.mp4")) // clips,
+           "batch": 8, "two_views": True, "timed_batches": batches, "runs": {}}
+    for vs in video_seconds if has_vs else [0.0]:
+        extra = {"video_seconds": vs} if has_vs else {}
+        cfg = DataConfig(manifest=str(d / "manifest.csv"), num_frames=frames, image_size=side,
+                         clip_seconds=secs, audio_frames=audio_frames, num_mel_bins=128, **extra)
+        ds = AVDataset(m.records, m.classes, cfg, train=True, two_views=True)
+        ds.set_epoch(1)
+        out["runs"][f"video_seconds={vs:g}"] = [_loader_rate(ds, nw, 8, batches)
+                                                for nw in workers]
+    return out
+
+
 def _bytes(out: Path) -> int:
     return sum(f.stat().st_size for f in out.glob("train-*.tar"))
 
@@ -146,52 +238,81 @@ def main() -> None:
     ap.add_argument("--sizes", default="demo,paper")
     ap.add_argument("--vgg-like", type=int, default=4,
                     help="also time N generated VGGSound-shaped clips at the paper size (0 = skip)")
+    ap.add_argument("--paper-loader", type=int, default=0,
+                    help="time the paper-size training DataLoader on N generated 10-s 640x360 "
+                         "clips (0 = skip)")
+    ap.add_argument("--loader-batches", type=int, default=3, help="timed batches per setting")
+    ap.add_argument("--loader-workers", default="0,1,2")
+    ap.add_argument("--video-seconds", default="0,2.133",
+                    help="data.video_seconds values to time (where the checkout has it)")
     a = ap.parse_args()
     torch.set_num_threads(1)  # what one DataLoader worker gets
     r: dict = {"load_avg_1m_start": round(os.getloadavg()[0], 2)}
     t_all = time.perf_counter()
+    sizes = [s for s in a.sizes.split(",") if s]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthetic.write_dataset(tmp / "data", clips_per_class=a.clips_per_class, seed=0,
-                                split="train", progress=False, workers=1)
-        manifest = tmp / "data" / "manifest.csv"
-        m = read_manifest(manifest, split="train")
-        n_clips = len(m.records)
-        n = a.passes * n_clips
-        r.update(clips=n_clips, items_timed=n)
-        mp4 = write_shards(manifest, tmp / "mp4", split="train", progress=False)
-        r["mp4_shard_bytes_per_sample"] = mp4["bytes"] // mp4["samples"]
-        for size in a.sizes.split(","):
-            frames, side, secs, audio_frames = SIZES[size]
-            cfg = DataConfig(manifest=str(manifest), num_frames=frames, image_size=side,
-                             clip_seconds=secs, audio_frames=audio_frames, num_mel_bins=128)
-            row: dict = {"num_frames": frames, "image_size": side, "clip_seconds": secs,
-                         "fbank": f"128x{audio_frames}"}
-            w = min(4, n_clips)
-            files = AVDataset(m.records, m.classes, cfg, train=True)
-            row["files"] = _time((files[i % n_clips] for i in range(n + w)), n, w)
-            cache = build_cache(cfg, tmp / f"cache_{size}", split="train", progress=False)
-            cached = AVDataset(m.records, m.classes,
-                               dataclasses.replace(cfg, cache_dir=cache["out_dir"]), train=True)
-            row["cache"] = _time((cached[i % n_clips] for i in range(n + w)), n, w)
-            row["cache"]["bytes_per_sample"] = cache["bytes"] // cache["clips"]
-            row["shards_mp4"] = _time(_shard_stream(tmp / "mp4", m.classes, cfg, n + w), n, w)
-            row["shards_mp4"]["bytes_per_sample"] = r["mp4_shard_bytes_per_sample"]
-            t = time.perf_counter()
-            dec = write_shards(manifest, tmp / f"dec_{size}", split="train", decoded_cfg=cfg,
-                               progress=False)
-            row["decoded_shard_write_s_per_clip"] = round((time.perf_counter() - t) / n_clips, 3)
-            stream = _shard_stream(tmp / f"dec_{size}", m.classes, cfg, n + w)
-            row["shards_decoded"] = _time(stream, n, w)
-            row["shards_decoded"]["bytes_per_sample"] = _bytes(tmp / f"dec_{size}") // dec["samples"]
-            r[size] = row
+        if a.paper_loader:
+            r["paper_loader"] = _paper_loader(
+                tmp, a.paper_loader, a.loader_batches,
+                [float(x) for x in a.video_seconds.split(",")],
+                [int(x) for x in a.loader_workers.split(",")])
+        if sizes:
+            _storages(tmp, a, sizes, r)
         if a.vgg_like:
             r["paper_vgg_like"] = _vgg_like(tmp, a.vgg_like, a.passes)
     r.update(seconds=round(time.perf_counter() - t_all, 1),
              load_avg_1m_end=round(os.getloadavg()[0], 2),
-             cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+             cpu=_cpu_model(), cpu_count=os.cpu_count(),
              torch_threads=1, note="one process = one DataLoader worker; train-mode items")
     print(json.dumps(r, indent=2))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _storages(tmp: Path, a, sizes: list[str], r: dict) -> None:
+    """Items/s per worker from files, the cache and shards on the built-in dataset."""
+    synthetic.write_dataset(tmp / "data", clips_per_class=a.clips_per_class, seed=0,
+                            split="train", progress=False, workers=1)
+    manifest = tmp / "data" / "manifest.csv"
+    m = read_manifest(manifest, split="train")
+    n_clips = len(m.records)
+    n = a.passes * n_clips
+    r.update(clips=n_clips, items_timed=n)
+    mp4 = write_shards(manifest, tmp / "mp4", split="train", progress=False)
+    r["mp4_shard_bytes_per_sample"] = mp4["bytes"] // mp4["samples"]
+    for size in sizes:
+        frames, side, secs, audio_frames = SIZES[size]
+        cfg = DataConfig(manifest=str(manifest), num_frames=frames, image_size=side,
+                         clip_seconds=secs, audio_frames=audio_frames, num_mel_bins=128)
+        row: dict = {"num_frames": frames, "image_size": side, "clip_seconds": secs,
+                     "fbank": f"128x{audio_frames}"}
+        w = min(4, n_clips)
+        files = AVDataset(m.records, m.classes, cfg, train=True)
+        row["files"] = _time((files[i % n_clips] for i in range(n + w)), n, w)
+        cache = build_cache(cfg, tmp / f"cache_{size}", split="train", progress=False)
+        cached = AVDataset(m.records, m.classes,
+                           dataclasses.replace(cfg, cache_dir=cache["out_dir"]), train=True)
+        row["cache"] = _time((cached[i % n_clips] for i in range(n + w)), n, w)
+        row["cache"]["bytes_per_sample"] = cache["bytes"] // cache["clips"]
+        row["shards_mp4"] = _time(_shard_stream(tmp / "mp4", m.classes, cfg, n + w), n, w)
+        row["shards_mp4"]["bytes_per_sample"] = r["mp4_shard_bytes_per_sample"]
+        t = time.perf_counter()
+        dec = write_shards(manifest, tmp / f"dec_{size}", split="train", decoded_cfg=cfg,
+                           progress=False)
+        row["decoded_shard_write_s_per_clip"] = round((time.perf_counter() - t) / n_clips, 3)
+        stream = _shard_stream(tmp / f"dec_{size}", m.classes, cfg, n + w)
+        row["shards_decoded"] = _time(stream, n, w)
+        row["shards_decoded"]["bytes_per_sample"] = _bytes(tmp / f"dec_{size}") // dec["samples"]
+        r[size] = row
 
 
 if __name__ == "__main__":
