@@ -54,7 +54,7 @@ def test_dataset_reads_cache(cached):
         assert a["video"].shape == b["video"].shape and a["audio"].shape == b["audio"].shape
         # same frames up to the cache's resize rounding; the fbank differs by float16 and by the
         # resampler's sub-sample phase (decoding from a seek point vs from the file start)
-        assert (a["video"] - b["video"]).abs().mean() < 0.1
+        assert (a["video"].float() - b["video"].float()).abs().mean() < 5.7  # uint8 levels
         diff = (a["audio"] - b["audio"]).abs()
         assert diff.mean() < 0.02 and diff.quantile(0.99) < 0.15, (diff.mean(), diff.max())
     assert fast[len(m.records) - 1] is None  # the broken clip is not in the cache: decoding fails

@@ -9,6 +9,7 @@ from engine_helpers import tiny_cfg
 from mmt_core import checkpoint as ckpt
 from mmt_core.data.dataset import AVDataset
 from mmt_core.data.manifests import read_manifest
+from mmt_core.data.transforms import normalise_video
 from mmt_core.engine import build_model
 from mmt_core.errors import MediaError
 from mmt_core.inference import load_for_inference, predict_file, prepare_clip
@@ -38,8 +39,9 @@ def test_prepare_clip_matches_the_eval_dataset(synth_dir, checkpoint_dir):
     assert prep["has_audio"] and prep["clip"].frames.shape[0] == p["num_frames"]
     ds = AVDataset([rec], man.classes, ckpt.data_config_from_meta(meta), train=False,
                    num_views=2)
-    item = ds.load(0)
-    assert torch.allclose(item["video"], prep["inputs"]["video"])
+    item = ds.load(0)  # uint8 video, normalised on the device by evaluation.model_inputs
+    video = normalise_video(item["video"], p["video_mean"], p["video_std"])
+    assert torch.equal(video, prep["inputs"]["video"])
     assert torch.allclose(item["audio"], prep["inputs"]["audio"])
 
 

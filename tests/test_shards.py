@@ -146,7 +146,7 @@ def test_decoded_shards_hold_what_training_consumes(sharded, tmp_path):
     for it, s in zip(ShardDataset(urls, idx, m.classes, cfg, train=False), _samples(urls[0])):
         ref = files[by_path[json.loads(s["json"])["source"]["path"]]]
         assert it["video"].shape == ref["video"].shape and it["audio"].shape == ref["audio"].shape
-        assert (it["video"] - ref["video"]).abs().mean() < 0.03  # JPEG q95
+        assert (it["video"].float() - ref["video"].float()).abs().mean() < 1.7  # uint8, JPEG q95
         assert (it["audio"] - ref["audio"]).abs().max() < 0.01  # float16 fbank
     with pytest.raises(ConfigError, match="num_frames=4, the config says 8"):
         ShardDataset(urls, idx, m.classes, DataConfig(**{**cfg.__dict__, "num_frames": 8}),
