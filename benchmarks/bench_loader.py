@@ -263,9 +263,22 @@ def main() -> None:
             r["paper_vgg_like"] = _vgg_like(tmp, a.vgg_like, a.passes)
     r.update(seconds=round(time.perf_counter() - t_all, 1),
              load_avg_1m_end=round(os.getloadavg()[0], 2),
-             cpu=_cpu_model(), cpu_count=os.cpu_count(),
+             cpu=_cpu_model(), cpu_count=os.cpu_count(), mmt_core=_checkout(),
              torch_threads=1, note="one process = one DataLoader worker; train-mode items")
     print(json.dumps(r, indent=2))
+
+
+def _checkout() -> str:
+    """Which mmt_core ran (and its git commit): the before/after columns come from two."""
+    import mmt_core
+
+    root = Path(mmt_core.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = "?"
+    return f"{root} @ {rev}"
 
 
 def _cpu_model() -> str:
