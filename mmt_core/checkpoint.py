@@ -220,9 +220,9 @@ def set_rng_state(state: dict) -> None:
 # ---- config.json ----
 
 # DataConfig fields that inference needs to feed a clip exactly as in training/evaluation.
-PREPROCESSING_KEYS = ("num_frames", "image_size", "clip_seconds", "sample_rate", "num_mel_bins",
-                      "audio_frames", "audio_mean", "audio_std", "video_mean", "video_std",
-                      "test_views", "max_clip_seconds")
+PREPROCESSING_KEYS = ("num_frames", "image_size", "clip_seconds", "video_seconds", "sample_rate",
+                      "num_mel_bins", "audio_frames", "audio_mean", "audio_std", "video_mean",
+                      "video_std", "test_views", "max_clip_seconds")
 
 
 def make_meta(cfg, model: torch.nn.Module, classes: dict[str, list[str]], *,

@@ -66,13 +66,16 @@ def prepare_clip(path, meta: dict, views: int = 1) -> dict:
     info = media.probe(path)
     # Frames are decoded even for an audio-only model (the app shows them) unless there are none.
     want_video = "v" in modalities or info.has_video
-    per_view, first = [], None
-    for i in range(views):
-        clip = media.decode(path, num_frames=pre["num_frames"], clip_seconds=pre["clip_seconds"],
-                            sample_rate=pre["sample_rate"], view=i, num_views=views,
-                            max_seconds=pre.get("max_clip_seconds", 600.0), video=want_video)
-        first = first or clip
-        per_view.append(clip_inputs(clip, meta, modalities + "a"))  # fbank kept for display
+    common = dict(num_frames=pre["num_frames"], clip_seconds=pre["clip_seconds"],
+                  sample_rate=pre["sample_rate"], max_seconds=pre.get("max_clip_seconds", 600.0),
+                  video=want_video)
+    if pre.get("video_seconds", 0.0) > 0:  # one audio window, the video windows inside it
+        clips = media.decode_views(path, video_seconds=pre["video_seconds"], num_views=views,
+                                   **common)
+    else:
+        clips = [media.decode(path, view=i, num_views=views, **common) for i in range(views)]
+    first = clips[0]
+    per_view = [clip_inputs(c, meta, modalities + "a") for c in clips]  # fbank kept for display
     inputs = {k: torch.cat([v[k] for v in per_view]) for k in per_view[0]
               if k in ("video", "audio") and k[0] in modalities}  # (V,3,T,S,S) / (V,1,F,N)
     return {"inputs": inputs, "clip": first, "has_audio": bool(first.has_audio),

@@ -43,6 +43,15 @@ def test_prepare_clip_matches_the_eval_dataset(synth_dir, checkpoint_dir):
     video = normalise_video(item["video"], p["video_mean"], p["video_std"])
     assert torch.equal(video, prep["inputs"]["video"])
     assert torch.allclose(item["audio"], prep["inputs"]["audio"])
+    # the paper's protocol (video windows inside one audio window): the same views both ways
+    short = {**meta, "preprocessing": {**p, "video_seconds": 1.0}}
+    prep = prepare_clip(rec.path, short, views=2)
+    item = AVDataset([rec], man.classes, ckpt.data_config_from_meta(short), train=False,
+                     num_views=2).load(0)
+    video = normalise_video(item["video"], p["video_mean"], p["video_std"])
+    assert torch.equal(video, prep["inputs"]["video"]) and not torch.equal(video[0], video[1])
+    assert torch.allclose(item["audio"], prep["inputs"]["audio"])
+    assert torch.equal(prep["inputs"]["audio"][0], prep["inputs"]["audio"][1])
 
 
 def test_predict_file_top_k(synth_dir, checkpoint_dir):
