@@ -1,9 +1,9 @@
 """AVDataset: manifest records -> model-ready tensors; collate_skip_broken for the DataLoader.
 
 One item = decode a window (or read it from the cache) -> fbank -> SpecAugment (train) ->
-normalise, and frames -> crop/flip (train) or resize/centre-crop (eval) -> normalise. Every random
-choice comes from a Generator seeded by (seed, epoch, index): any worker, any order, a resumed run
-sees the same item. A clip that cannot be decoded gives None; the collate function drops it and
+normalise, and frames -> crop/flip (train) or resize/centre-crop (eval) -> uint8 (3,T,S,S), which
+`evaluation.model_inputs` normalises on the device. Every random choice comes from a Generator
+seeded by (seed, epoch, index): any worker, any order, a resumed run sees the same item. A clip that cannot be decoded gives None; the collate function drops it and
 counts it (with its path when the DataLoader batches through __getitems__).
 """
 from __future__ import annotations
@@ -35,10 +35,13 @@ class Batch(list):
 
 
 class AVDataset(torch.utils.data.Dataset):
-    """Items {"video": (3,T,S,S), "audio": (1,F,N), "labels": {head: int}, "has_audio", "index"}.
+    """Items {"video": uint8 (3,T,S,S), "audio": (1,F,N), "labels": {head: int}, "has_audio",
+    "index"}.
 
-    num_views > 1 stacks V evenly spaced windows: (V,3,T,S,S) and (V,1,F,N). two_views adds
-    "video2"/"audio2": another random window with independent augmentation (for IMC).
+    num_views > 1 stacks V test views: (V,3,T,S,S) and (V,1,F,N) (docs/data.md, "Windows and
+    test views": with data.video_seconds the video windows differ and the audio repeats).
+    two_views adds "video2"/"audio2" for IMC: the same decode, its own video window (with
+    video_seconds) and its own augmentation.
     modalities "a" / "v" skip decoding the other stream; the item then has only the keys needed
     ("audio" or "video"), never zero placeholders.
     """
