@@ -194,15 +194,19 @@ def _loader_rate(ds, workers: int, batch: int, batches: int) -> dict:
 
 
 def _paper_loader(tmp: Path, clips: int, batches: int, video_seconds: list[float],
-                  workers: list[int]) -> dict:
+                  workers: list[int], clip: str = "testsrc2") -> dict:
     """The paper's training items (16 x 224^2, 1x128x1024, two IMC views, batch 8) through the
-    DataLoader, on generated 10-s 640x360 clips."""
+    DataLoader, on generated 10-s clips: FFmpeg's testsrc2 640x360, or `busy` (the VGG-like
+    480x360 moving texture of `_vgg_like_clip`, ~2.4x the bytes: a pessimistic decode cost)."""
     import csv
 
     d = tmp / "paper_loader"
     d.mkdir()
     for i in range(clips):
-        _testsrc_clip(d / f"clip{i}.mp4")
+        if clip == "busy":
+            _vgg_like_clip(d / f"clip{i}.mp4", i)
+        else:
+            _testsrc_clip(d / f"clip{i}.mp4")
     with open(d / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
@@ -211,7 +215,9 @@ def _paper_loader(tmp: Path, clips: int, batches: int, video_seconds: list[float
     m = read_manifest(d / "manifest.csv", split="train")
     frames, side, secs, audio_frames = SIZES["paper"]
     has_vs = "video_seconds" in {f.name for f in dataclasses.fields(DataConfig)}
-    out = {"clips": clips, "clip": "10 s, testsrc2 640x360, 25 fps H.264 + 440 Hz sine AAC",
+    out = {"clips": clips, "clip": ("10 s, busy texture 480x360, 25 fps H.264 + AAC stereo"
+                                    if clip == "busy" else
+                                    "10 s, testsrc2 640x360, 25 fps H.264 + 440 Hz sine AAC"),
            "mp4_bytes_per_clip": sum(p.stat().st_size for p in d.glob("*.mp4")) // clips,
            "batch": 8, "two_views": True, "batches": batches, "runs": {}}
     for vs in video_seconds if has_vs else [0.0]:
@@ -242,6 +248,8 @@ def main() -> None:
     ap.add_argument("--loader-batches", type=int, default=6,
                     help="batches timed per setting (a multiple of every worker count)")
     ap.add_argument("--loader-workers", default="0,1,2")
+    ap.add_argument("--clip", choices=("testsrc2", "busy"), default="testsrc2",
+                    help="--paper-loader's generated clips")
     ap.add_argument("--video-seconds", default="0,2.133",
                     help="data.video_seconds values to time (where the checkout has it)")
     a = ap.parse_args()
@@ -255,7 +263,7 @@ def main() -> None:
             r["paper_loader"] = _paper_loader(
                 tmp, a.paper_loader, a.loader_batches,
                 [float(x) for x in a.video_seconds.split(",")],
-                [int(x) for x in a.loader_workers.split(",")])
+                [int(x) for x in a.loader_workers.split(",")], a.clip)
         if sizes:
             _storages(tmp, a, sizes, r)
         if a.vgg_like:
