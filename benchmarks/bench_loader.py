@@ -189,12 +189,13 @@ def _loader_rate(ds, workers: int, batch: int, batches: int) -> dict:
                  for k in ("video", "video2", "audio", "audio2") if k in first}
     return {"num_workers": workers, "items_per_s": round(items / wall, 2),
             "cpu_ms_per_item": round(1000 * (own if workers == 0 else kids) / items, 1),
-            "video_dtype": str(first["video"].dtype), "bytes_per_batch": sum(per_batch.values()),
+            "video_dtype": str(first["video"].dtype) if "video" in first else None,
+            "bytes_per_batch": sum(per_batch.values()),
             "bytes_per_batch_by_key": per_batch}
 
 
 def _paper_loader(tmp: Path, clips: int, batches: int, video_seconds: list[float],
-                  workers: list[int], clip: str = "testsrc2") -> dict:
+                  workers: list[int], clip: str = "testsrc2", modalities: str = "av") -> dict:
     """The paper's training items (16 x 224^2, 1x128x1024, two IMC views, batch 8) through the
     DataLoader, on generated 10-s clips: FFmpeg's testsrc2 640x360, or `busy` (the VGG-like
     480x360 moving texture of `_vgg_like_clip`, ~2.4x the bytes: a pessimistic decode cost)."""
@@ -219,12 +220,14 @@ def _paper_loader(tmp: Path, clips: int, batches: int, video_seconds: list[float
                                     if clip == "busy" else
                                     "10 s, testsrc2 640x360, 25 fps H.264 + 440 Hz sine AAC"),
            "mp4_bytes_per_clip": sum(p.stat().st_size for p in d.glob("*.mp4")) // clips,
-           "batch": 8, "two_views": True, "batches": batches, "runs": {}}
+           "batch": 8, "two_views": True, "modalities": modalities, "batches": batches,
+           "runs": {}}
     for vs in video_seconds if has_vs else [0.0]:
         extra = {"video_seconds": vs} if has_vs else {}
         cfg = DataConfig(manifest=str(d / "manifest.csv"), num_frames=frames, image_size=side,
                          clip_seconds=secs, audio_frames=audio_frames, num_mel_bins=128, **extra)
-        ds = AVDataset(m.records, m.classes, cfg, train=True, two_views=True)
+        ds = AVDataset(m.records, m.classes, cfg, train=True, two_views=True,
+                       modalities=modalities)  # "a": what the audio-only MAT-B recipes load
         ds.set_epoch(1)
         out["runs"][f"video_seconds={vs:g}"] = [_loader_rate(ds, nw, 8, batches)
                                                 for nw in workers]
@@ -250,6 +253,8 @@ def main() -> None:
     ap.add_argument("--loader-workers", default="0,1,2")
     ap.add_argument("--clip", choices=("testsrc2", "busy"), default="testsrc2",
                     help="--paper-loader's generated clips")
+    ap.add_argument("--modalities", choices=("av", "a", "v"), default="av",
+                    help="--paper-loader's items: a = audio only (the MAT-B recipes)")
     ap.add_argument("--video-seconds", default="0,2.133",
                     help="data.video_seconds values to time (where the checkout has it)")
     a = ap.parse_args()
@@ -263,7 +268,7 @@ def main() -> None:
             r["paper_loader"] = _paper_loader(
                 tmp, a.paper_loader, a.loader_batches,
                 [float(x) for x in a.video_seconds.split(",")],
-                [int(x) for x in a.loader_workers.split(",")], a.clip)
+                [int(x) for x in a.loader_workers.split(",")], a.clip, a.modalities)
         if sizes:
             _storages(tmp, a, sizes, r)
         if a.vgg_like:
