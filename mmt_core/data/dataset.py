@@ -107,14 +107,13 @@ class AVDataset(torch.utils.data.Dataset):
         reader = self._cache_reader() if source is None else None
         hit = reader.lookup(rec) if reader is not None else None
         if hit is not None:
-            wins = [reader.window(hit, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
-                                  target_frames=cfg.audio_frames, view=v, num_views=n,
-                                  rng=None, video=want_v, audio=want_a) for v in range(n)] \
-                if spread else [reader.window(
-                    hit, num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
-                    target_frames=cfg.audio_frames, view=None if self.train else 0,
-                    num_views=1, rng=rng if self.train else None, video=want_v,
-                    audio=want_a)] * n
+            win = dict(num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
+                       target_frames=cfg.audio_frames, video=want_v, audio=want_a)
+            if spread:
+                wins = [reader.window(hit, view=v, num_views=n, **win) for v in range(n)]
+            else:  # one window read, augmented n times
+                wins = [reader.window(hit, view=None if self.train else 0, num_views=1,
+                                      rng=rng if self.train else None, **win)] * n
             return ([w[0] if want_v else None for w in wins],
                     [w[1] if want_a else None for w in wins], wins[0][2])
         common = dict(num_frames=cfg.num_frames, clip_seconds=cfg.clip_seconds,
@@ -129,6 +128,8 @@ class AVDataset(torch.utils.data.Dataset):
                 clips.append(decode(rec.path if source is None else source, view=v,
                                     num_views=n, **common))
         else:  # one audio window; the video windows inside it (one pass)
+            if source is not None:
+                source.seek(0)
             clips = decode_views(rec.path if source is None else source,
                                  video_seconds=cfg.video_seconds, num_views=n,
                                  rng=rng if self.train else None, **common)
