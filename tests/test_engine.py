@@ -41,7 +41,8 @@ def test_split_output_separates_the_two_views():
 
 
 def test_train_writes_metrics_checkpoints_and_links(synth_dir, tmp_path):
-    cfg = tiny_cfg(synth_dir / "manifest.csv", "train.epochs=2", "train.keep_last=1")
+    cfg = tiny_cfg(synth_dir / "manifest.csv", "train.epochs=2", "train.keep_last=1",
+                   "data.test_views=3")
     res = train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert res["step"] == 6 and res["epoch"] == 2  # 12 train clips / batch 4 = 3 steps per epoch
@@ -53,6 +54,9 @@ def test_train_writes_metrics_checkpoints_and_links(synth_dir, tmp_path):
     assert all(math.isfinite(r["total"]) and {"ce", "avc", "imc", "lambda", "lr"} <= set(r)
                for r in steps)
     assert [r["epoch"] for r in epochs] == [1, 2] and all("val_top1" in r for r in epochs)
+    # best is chosen on 1 view every epoch; the recipe's 3 test views run once, at the end
+    assert "val_views" not in epochs[0] and epochs[1]["val_views"] == 3
+    assert res["val_views"] == 3 and 0.0 <= res["val_views_top1"] <= 1.0
     assert (run / "last").is_symlink() and (run / "best").is_symlink()
     assert len(list(run.glob("step-*"))) <= 2  # keep_last=1, plus best if it is older
     model, meta = ckpt.load_checkpoint(run / "last")
