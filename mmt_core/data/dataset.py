@@ -1,10 +1,11 @@
 """AVDataset: manifest records -> model-ready tensors; collate_skip_broken for the DataLoader.
 
 One item = decode a window (or read it from the cache) -> fbank -> SpecAugment (train) ->
-normalise, and frames -> crop/flip (train) or resize/centre-crop (eval) -> uint8 (3,T,S,S), which
-`evaluation.model_inputs` normalises on the device. Every random choice comes from a Generator
-seeded by (seed, epoch, index): any worker, any order, a resumed run sees the same item. A clip that cannot be decoded gives None; the collate function drops it and
-counts it (with its path when the DataLoader batches through __getitems__).
+normalise, and frames -> crop/flip (train) or resize/centre-crop (eval) -> uint8 (3,T,S,S),
+which `evaluation.model_inputs` normalises on the device. Every random choice comes from a
+Generator seeded by (seed, epoch, index): any worker, any order, a resumed run sees the same
+item. A clip that cannot be decoded gives None; the collate function drops it and counts it
+(with its path when the DataLoader batches through __getitems__).
 """
 from __future__ import annotations
 
