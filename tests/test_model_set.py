@@ -1,0 +1,100 @@
+"""Model sets: the three folder layouts, a single checkpoint, and the one-line errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmt_core.checkpoint import make_meta, point_link, save_checkpoint
+from mmt_core.config import load_config
+from mmt_core.engine import build_model
+from mmt_core.errors import UserError
+from mmt_core.model_set import open_model_set
+from wb_helpers import DEMO, ROOT
+
+CLASSES = ["cat", "cow", "dog"]
+ROLE_MODEL = {"mmt": "mmt_tiny", "audio": "mat_tiny", "video": "mvit_tiny_video"}
+
+
+def save_tiny(dir, name: str, classes=CLASSES, manifest: str = ""):
+    """An untrained demo-sized `name` model saved as a checkpoint in `dir`."""
+    cfg = load_config(ROOT / DEMO[name], [f"data.manifest={manifest}"] if manifest else [])
+    torch.manual_seed(0)
+    model = build_model(cfg, {"label": list(classes)})
+    return save_checkpoint(dir, model, make_meta(cfg, model, {"label": list(classes)}))
+
+
+def compare_layout(run, roles=("mmt", "audio", "video"), link="best"):
+    """RUN/{role}/step-0000010 + RUN/{role}/LINK, as the engine leaves a compare run."""
+    for role in roles:
+        target = save_tiny(run / role / "step-0000010", ROLE_MODEL[role],
+                           manifest=str(run / "manifest.csv"))
+        point_link(run / role, link, target)
+    return run
+
+
+def test_compare_run_with_best_links(tmp_path):
+    (tmp_path / "manifest.csv").write_text("path,label,split\n")
+    ms = open_model_set(compare_layout(tmp_path))
+    assert ms.roles == ["mmt", "audio", "video"]
+    assert ms.models["mmt"] == (tmp_path / "mmt" / "step-0000010").resolve()
+    assert ms.class_names == CLASSES and ms.head == "label"
+    assert ms.manifest == tmp_path / "manifest.csv"
+    assert ms.preprocessing("audio")["num_mel_bins"] == 128
+    assert len(ms.weights_hash()) == 64
+
+
+def test_last_link_when_there_is_no_best(tmp_path):
+    ms = open_model_set(compare_layout(tmp_path, roles=("mmt",), link="last"))
+    assert ms.roles == ["mmt"]
+    assert ms.manifest is None  # recorded, but not on this machine
+
+
+def test_taught_folder_and_single_checkpoint(tmp_path):
+    for role, name in ROLE_MODEL.items():
+        save_tiny(tmp_path / name, name)
+    (tmp_path / "summary.json").write_text("{}")
+    ms = open_model_set(tmp_path)
+    assert {r: p.name for r, p in ms.models.items()} == {
+        "mmt": "mmt_tiny", "audio": "mat_tiny", "video": "mvit_tiny_video"}
+    one = open_model_set(tmp_path / "mat_tiny")
+    assert one.roles == ["audio"] and one.class_names == CLASSES
+
+
+def test_shipped_checkpoints_open():
+    ms = open_model_set(ROOT / "checkpoints")
+    assert ms.roles == ["mmt", "audio", "video"]
+    assert len(ms.class_names) == 6
+
+
+def test_weights_hash_changes_with_the_weights(tmp_path):
+    a = open_model_set(save_tiny(tmp_path / "a", "mat_tiny")).weights_hash()
+    cfg = load_config(ROOT / DEMO["mat_tiny"])
+    torch.manual_seed(1)
+    model = build_model(cfg, {"label": CLASSES})
+    save_checkpoint(tmp_path / "b", model, make_meta(cfg, model, {"label": CLASSES}))
+    assert open_model_set(tmp_path / "b").weights_hash() != a
+
+
+def test_folder_without_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="no checkpoint found"):
+        open_model_set(tmp_path)
+    with pytest.raises(UserError, match="not a folder"):
+        open_model_set(tmp_path / "missing")
+
+
+def test_two_models_of_one_role(tmp_path):
+    save_tiny(tmp_path / "a", "mat_tiny")
+    save_tiny(tmp_path / "b", "mat_tiny")
+    with pytest.raises(UserError, match="two audio-only models"):
+        open_model_set(tmp_path)
+
+
+def test_models_that_disagree_on_the_classes(tmp_path):
+    save_tiny(tmp_path / "mmt_tiny", "mmt_tiny")
+    save_tiny(tmp_path / "mat_tiny", "mat_tiny", classes=["cat", "cow", "owl"])
+    with pytest.raises(UserError, match="different classes .*differing: dog, owl"):
+        open_model_set(tmp_path)
+    save_tiny(tmp_path / "mat_tiny", "mat_tiny", classes=["cow", "cat", "dog"])
+    with pytest.raises(UserError, match="another order"):
+        open_model_set(tmp_path)
