@@ -98,3 +98,78 @@ def test_models_that_disagree_on_the_classes(tmp_path):
     save_tiny(tmp_path / "mat_tiny", "mat_tiny", classes=["cow", "cat", "dog"])
     with pytest.raises(UserError, match="another order"):
         open_model_set(tmp_path)
+
+
+# ---------------------------------------------------------------- the workbench opens a set
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory, synth_dir):
+    """A compare-layout set of untrained models for classes cat/cow/dog, and a plain manifest of
+    the built-in clips relabelled into those classes, recorded in the models' configs."""
+    import csv
+
+    run = tmp_path_factory.mktemp("own_run")
+    with open(synth_dir / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    builtin = sorted({r["label"] for r in rows})
+    with open(run / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for r in rows:
+            w.writerow([str(synth_dir / r["path"]), CLASSES[builtin.index(r["label"]) % 3],
+                        "test"])
+    return compare_layout(run)
+
+
+def test_workbench_opens_a_compare_run(own_run, tmp_path):
+    from workbench.service import Workbench
+    from wb_helpers import one_torch_thread
+
+    with one_torch_thread():
+        wb = Workbench(models=own_run, checkpoints=tmp_path / "none", cache_dir=tmp_path / "c")
+        assert wb.class_names == CLASSES
+        assert {m.name for m in wb.models.values()} == {"mmt_mmt_tiny", "audio_mat_tiny",
+                                                        "video_mvit_tiny_video"}
+        assert len(wb.reference_records()) == 18  # the recorded manifest's test split
+        examples = wb.examples()
+        assert [p.name for p in examples] == [f"examples_s0_{c}_0000.mp4" for c in CLASSES]
+        res = wb.predict(examples[0], topk=3)
+        assert set(res["probs"]) == {"mmt", "audio", "video"}
+        assert set(res["probs"]["audio"]) == set(CLASSES)
+        emb = wb.embed(examples[0], method="pca", source="models")
+        assert len(emb["figures"]) == 3 and emb["reference_clips"] == 18
+
+
+def test_workbench_opens_a_set_with_only_a_fused_model(own_run, tmp_path):
+    from workbench.service import Workbench
+    from wb_helpers import one_torch_thread
+
+    with one_torch_thread():
+        wb = Workbench(models=own_run / "mmt" / "best", data=own_run / "manifest.csv",
+                       checkpoints=tmp_path / "none", cache_dir=tmp_path / "c")
+        clip = wb.examples()[1]
+        res = wb.predict(clip)
+        assert res["probs"]["audio"] is None and res["probs"]["video"] is None
+        assert "This model set has no Audio only (MAT) model." in res["notes"]
+        assert len(wb.embed(clip, method="pca", source="models")["figures"]) == 3
+        out = wb.explain(clip, method="gradcam")
+        assert set(out["overlays"]) == {"mmt"}
+
+
+def test_workbench_refuses_a_set_without_a_fused_model(own_run, tmp_path):
+    from workbench.service import Workbench
+
+    wb = Workbench(models=own_run / "audio" / "best", data=own_run / "manifest.csv",
+                   checkpoints=tmp_path / "none", cache_dir=tmp_path / "c")
+    with pytest.raises(UserError, match="needs a fused .* has only audio"):
+        wb.models
+
+
+def test_app_refuses_a_bad_model_set_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "app.py", "--models", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "no checkpoint found" in r.stderr

@@ -6,8 +6,10 @@ synthetic test split, generated once into the cache dir), each model's reference
 projections (workbench.embeddings), and the last few prepared clips, so the Predict, Explain and
 Embeddings results of one upload decode and run the models once.
 
-Two model sets: "demo" (checkpoints/) and "taught" (CACHE/teach/taught/, written by the Teach
-tab or /teach, or restored from a zip). `use(name)` switches the server-wide active set that
+Two model sets: "demo" (checkpoints/, or the model set given as `python app.py --models DIR`:
+a compare run, a taught folder, any folder mmt_core.model_set opens, its reference clips then
+from `--data` / the manifest its fused model records) and "taught" (CACHE/teach/taught/, written
+by the Teach tab or /teach, or restored from a zip). `use(name)` switches the server-wide active set that
 every tab and endpoint answers with; one teach run at a time trains in a background thread.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ from mmt_core.explain import CAM_BLOCKS
 from . import embeddings as emb
 from . import gradcam
 from . import teach as teaching
-from .inference import DEMO_MODELS, LoadedModel, load_models, predict_prepared, prepare
+from .inference import (DEMO_MODELS, LoadedModel, load_model_set, load_models, predict_prepared,
+                        prepare)
 
 REPO = Path(__file__).resolve().parent.parent
 # The built-in test split of configs/synthetic_base.yaml (`mmt synth --seed 1001 --split test`):
@@ -59,9 +62,19 @@ class Workbench:
 
     def __init__(self, *, checkpoints: str | Path | None = None, cache_dir: str | Path | None = None,
                  max_seconds: float | None = None, max_mb: float | None = None,
-                 reference_clips_per_class: int = 10, seed: int = 0):
+                 reference_clips_per_class: int = 10, seed: int = 0,
+                 models: str | Path | None = None, data: str | Path | None = None,
+                 split: str | None = None):
         env = os.environ.get
         self.checkpoints = Path(checkpoints or env("MMT_CHECKPOINTS", REPO / "checkpoints"))
+        # `app.py --models DIR [--data M] [--split S]`: the model set in the "demo" slot and the
+        # data its reference clips come from (None: checkpoints/ on the built-in data).
+        models = models or env("MMT_MODELS")
+        self.models_dir = Path(models) if models else None
+        self.data = data or env("MMT_DATA") or None
+        self.split = split or env("MMT_SPLIT") or "test"
+        # reference clips of a --models set: a stratified sample of at most this many
+        self.reference_max = int(env("MMT_APP_REF_MAX", "2000"))
         self.cache_dir = Path(cache_dir or env("MMT_CACHE_DIR", REPO / ".cache" / "workbench"))
         # A 10 s clip is the expected case; a minute is plenty for one window of any model.
         self.max_seconds = max_seconds or _env_float("MMT_APP_MAX_SECONDS", 60.0)
@@ -102,12 +115,16 @@ class Workbench:
         return name
 
     def _set_root(self, name: str) -> Path:
-        return self.checkpoints if name == "demo" else self.taught_dir
+        if name == "demo":
+            return self.models_dir or self.checkpoints
+        return self.taught_dir
 
     @property
     def models(self) -> dict[str, LoadedModel]:
         with self._lock:
             name = self.active
+            if name == "demo" and self.models_dir is not None and name not in self._sets:
+                self._sets[name] = load_model_set(self.models_dir)
             if name not in self._sets:
                 root = self._set_root(name)
                 missing = [n for n in DEMO_MODELS.values() if not (root / n).is_dir()]
@@ -136,8 +153,56 @@ class Workbench:
         return self.models["mmt"].class_names
 
     def examples(self) -> list[Path]:
-        """One built-in clip per class (generated on first use into cache_dir/examples)."""
+        """One clip per class: from the set's data for a --models set with data, else built-in
+        (generated on first use into cache_dir/examples)."""
+        if self.active == "demo" and self._set_data() is not None:
+            return self._set_examples()
         return self._synthetic("examples", 1, EXAMPLES_SEED)
+
+    # ---- a --models set's data: reference and example clips
+    def _set_data(self) -> Path | None:
+        """The manifest a --models set's clips come from: --data, else the one its fused model
+        records (when it is here); None for checkpoints/ (the built-in data)."""
+        if self.models_dir is None:
+            return None
+        if self.data:
+            return Path(self.data)
+        from mmt_core.model_set import open_model_set
+
+        return open_model_set(self.models_dir).manifest
+
+    def _set_records(self):
+        """The --models set's split (labels in the set's class order), a stratified sample of
+        at most reference_max clips; one-line UserErrors for missing clips or other classes."""
+        from mmt_core.analysis import split_records, stratified_cap
+        from mmt_core.model_set import open_model_set
+
+        ms = open_model_set(self.models_dir)
+        records = split_records(ms, self._set_data(), self.split)
+        keep = stratified_cap([r.labels[ms.head] for r in records], self.reference_max, self.seed)
+        return [records[i] for i in keep]
+
+    def _set_examples(self) -> list[Path]:
+        """The first reference clip of each class, copied as cache_dir/examples_set/KEY/
+        examples_s0_CLASS_0000.EXT (the example picker names clips by that pattern)."""
+        import hashlib
+        import shutil
+
+        records = self.reference_records()
+        names = self.class_names
+        firsts = {}
+        for r in records:
+            firsts.setdefault(r.labels["label"], r.path)
+        key = hashlib.sha256(json.dumps(sorted(firsts.items())).encode()).hexdigest()[:12]
+        out = self.cache_dir / "examples_set" / key
+        paths = []
+        for label, src in sorted(firsts.items()):
+            dst = out / f"examples_s0_{names[label]}_0000{Path(src).suffix}"
+            if not dst.is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            paths.append(dst)
+        return paths
 
     @property
     def generator_version(self) -> int:
@@ -171,6 +236,9 @@ class Workbench:
         with self._lock:
             if self.active == "taught" and "taught" not in self._records:
                 self._records["taught"] = self._taught_records()
+            if self.active == "demo" and "demo" not in self._records and \
+                    self._set_data() is not None:
+                self._records["demo"] = self._set_records()
             if self.active == "demo" and "demo" not in self._records:
                 from mmt_core.data.manifests import read_manifest
 
@@ -178,7 +246,8 @@ class Workbench:
                 man = read_manifest(paths[0].parent.parent / "manifest.csv", split="test")
                 names, order = man.classes["label"], self.class_names
                 if set(names) - set(order):
-                    raise UserError("the demo checkpoints were not trained on the built-in classes")
+                    raise UserError("these models were not trained on the built-in classes and "
+                                    "know no data of their own: give app.py --data MANIFEST")
                 keep = {str(p) for p in paths}
                 self._records["demo"] = [
                     dataclasses.replace(r, labels={"label": order.index(names[r.labels["label"]])})
@@ -329,8 +398,13 @@ class Workbench:
             names = self.models[role].class_names
             order = np.argsort(-r["probs"])[:topk]
             probs[role] = {names[i]: float(r["probs"][i]) for i in order}
+        notes = list(prep.notes)
+        for role in ROLE_TITLES:  # a set with only a fused model: the single-sense columns say so
+            if role not in results:
+                probs[role] = None
+                notes.append(f"This model set has no {ROLE_TITLES[role]} model.")
         return {"probs": probs, "frames": prep.clip.frames, "times": prep.clip.times,
-                "fbank": prep.fbank.numpy(), "notes": list(prep.notes), "has_audio": prep.has_audio,
+                "fbank": prep.fbank.numpy(), "notes": notes, "has_audio": prep.has_audio,
                 "ood": results["mmt"].get("ood"), "models": self.active,
                 "timing_s": time.perf_counter() - t0}
 
@@ -403,6 +477,8 @@ class Workbench:
                "start": prep.clip.start}
         with self._lock:
             for role in ("mmt", "video", "audio"):
+                if role not in results:  # not in this model set
+                    continue
                 m = self.models[role]
                 if results[role]["probs"] is None or not applicable(method, m.modalities):
                     continue
@@ -497,6 +573,8 @@ class Workbench:
         prep, results = self.prepared(path)
         panels = ([("mmt", "audio"), ("mmt", "video"), ("mmt", "fused")] if source == "mmt" else
                   [("audio", "audio"), ("video", "video"), ("mmt", "fused")])
+        # a set without a unimodal model shows the MMT's own space of that sense instead
+        panels = [(r if r in results else "mmt", space) for r, space in panels]
         figures = []
         with self._lock:
             for role, space in panels:
@@ -509,7 +587,7 @@ class Workbench:
                 figures.append(ex.figure(space, method, point=point, point_name=Path(path).name,
                                          point_label=label))
             table = []
-            for role in ("audio", "video", "mmt"):
+            for role in [r for r in ("audio", "video", "mmt") if r in results]:
                 for space, s in self.explorer(role).scores().items():
                     table.append([self.models[role].name, space, round(s["ari"], 3),
                                   round(s["hs"], 3)])
