@@ -397,6 +397,12 @@ def neighbours(ev: Evaluation, i: int, kind: str = "fused", k: int = 8) -> list[
     """The k clips nearest clip i by cosine similarity ("audio": by sound, "video": by picture,
     "fused", "cross": g_A nearest this clip's g_V), clip i itself left out for the same-space
     kinds (in "cross" it is the answer when its own sound matches its picture)."""
+    q_space, space = _neighbour_spaces(ev, kind)
+    return neighbours_of(ev, ev.embeds[q_space][i], kind, k,
+                         exclude=i if q_space == space else None)
+
+
+def _neighbour_spaces(ev: Evaluation, kind: str) -> tuple[str, str]:
     if kind not in NEIGHBOUR_SPACES:
         raise UserError(f"unknown neighbour kind '{kind}' (choose from "
                         f"{', '.join(NEIGHBOUR_SPACES)})")
@@ -404,8 +410,16 @@ def neighbours(ev: Evaluation, i: int, kind: str = "fused", k: int = 8) -> list[
     if q_space not in ev.embeds or space not in ev.embeds:
         raise UserError(f"this model set has no '{kind}' embeddings (it has: "
                         f"{', '.join(ev.embeds)})")
-    sims = _unit(ev.embeds[space]) @ _unit(ev.embeds[q_space][i])  # (n,)
-    if q_space == space:
-        sims[i] = -np.inf
+    return q_space, space
+
+
+def neighbours_of(ev: Evaluation, query: np.ndarray, kind: str = "fused", k: int = 8,
+                  exclude: int | None = None) -> list[dict]:
+    """The k clips of `ev` nearest `query` (a clip's embedding in kind's query space, e.g. a
+    new clip's g_V for "cross"), by cosine similarity, leaving out clip `exclude`."""
+    _, space = _neighbour_spaces(ev, kind)
+    sims = _unit(ev.embeds[space]) @ _unit(np.asarray(query, np.float32))  # (n,)
+    if exclude is not None:
+        sims[exclude] = -np.inf
     order = np.argsort(-sims, kind="stable")[:k]
     return [{**clip_row(ev, j), "similarity": float(sims[j])} for j in order]

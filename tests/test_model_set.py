@@ -173,3 +173,37 @@ def test_app_refuses_a_bad_model_set_with_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "no checkpoint found" in r.stderr
+
+
+def test_workbench_dataset_analysis_of_a_set(own_run, tmp_path):
+    from workbench.service import Workbench
+    from wb_helpers import one_torch_thread
+
+    with one_torch_thread():
+        wb = Workbench(models=own_run, checkpoints=tmp_path / "none", cache_dir=tmp_path / "c")
+        summary = wb.dataset_summary()
+        assert summary["clips"] == 18 and not summary["cached"]
+        assert list(summary["accuracy"]) == ["mmt", "audio", "video", "avg"]
+        assert [r["class"] for r in summary["per_class"]] == CLASSES
+        assert len(summary["suspicious"]) == 18
+        conf, classes = wb.dataset_confusion("audio")
+        assert classes == CLASSES and conf.sum() == 18
+        true, pred = divmod(int(conf.argmax()), 3)
+        cell = wb.dataset_cell("audio", CLASSES[true], CLASSES[pred])
+        assert len(cell) == conf.max() and all(c["label"] == CLASSES[true] for c in cell)
+        shown = wb.dataset_clip(cell[0]["path"])  # a copy the page may serve
+        assert shown.parent == tmp_path / "c" / "dataset_clips"
+        near = wb.dataset_neighbours(shown, "cross", k=4)  # found by content
+        assert len(near) == 4 and near[0]["similarity"] >= near[-1]["similarity"]
+        near = wb.dataset_neighbours(shown, "fused", k=4)
+        assert cell[0]["path"] not in [n["path"] for n in near]  # itself left out
+        # a clip outside the dataset: through the MMT's embeddings of it
+        import numpy as np
+
+        from mmt_core.data.synthetic import make_clip
+
+        outside = tmp_path / "new.mp4"
+        make_clip(outside, 2, np.random.default_rng(99))
+        assert len(wb.dataset_neighbours(outside, "video", k=5)) == 5
+        with pytest.raises(UserError, match="not a clip of the analysed dataset"):
+            wb.dataset_clip(outside)

@@ -91,6 +91,8 @@ class Workbench:
         # (model set, sha256 of the file, window start) -> (Prepared, results)
         self._prepared: OrderedDict = OrderedDict()
         self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
+        self._datasets: dict[str, object] = {}  # model set -> analysis.Evaluation of its data
+        self._dataset_hashes: dict[str, dict] = {}  # model set -> {sha256 of a clip: index}
         self.teach_dir = self.cache_dir / "teach"
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
         self.job: teaching.TeachJob | None = None
@@ -140,6 +142,8 @@ class Workbench:
         with self._lock:
             self._sets.pop(name, None)
             self._records.pop(name, None)
+            self._datasets.pop(name, None)
+            self._dataset_hashes.pop(name, None)
             for key in [k for k in self._explorers if k[0] == name]:
                 del self._explorers[key]
             for key in [k for k in self._prepared if k[0] == name]:
@@ -593,6 +597,105 @@ class Workbench:
                                   round(s["hs"], 3)])
         return {"figures": figures, "scores": table,
                 "reference_clips": len(self.explorer("mmt").reference()["labels"])}
+
+    # ------------------------------------------------------------------ dataset analysis
+    def dataset_source(self) -> tuple[Path, str]:
+        """(manifest, split) the Dataset tab evaluates the active set on: a --models set's data;
+        the built-in reference split for the demo; the taught clips' validation split."""
+        if self.active == "demo" and self._set_data() is not None:
+            return self._set_data(), self.split
+        if self.active == "demo":
+            paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
+            return paths[0].parent.parent / "manifest.csv", "test"
+        manifest = Path(self.models["mmt"].meta["data"].get("manifest") or "")
+        if not manifest.is_file():
+            raise UserError("the taught models' clips are not on this server (restored from a "
+                            "zip?): no dataset to analyse")
+        return manifest, "val"
+
+    def dataset(self):
+        """mmt_core.analysis.Evaluation of the active set on its data (computed once, with a
+        progress bar on the server's stderr, cached under cache_dir/analysis)."""
+        from mmt_core.analysis import AnalysisConfig, evaluate_set
+        from mmt_core.model_set import open_model_set
+
+        with self._lock:
+            name = self.active
+            if name not in self._datasets:
+                manifest, split = self.dataset_source()
+                cfg = AnalysisConfig(max_clips=self.reference_max, num_workers=0,
+                                     cache_dir=str(self.cache_dir / "analysis"))
+                self._datasets[name] = evaluate_set(open_model_set(self._set_root(name)),
+                                                    manifest, split, cfg)
+            return self._datasets[name]
+
+    def dataset_summary(self) -> dict:
+        """Tables of the Dataset tab: {"accuracy", "per_class", "suspicious", "classes",
+        "roles", "clips", "total", "skipped", "source", "seconds", "cached"}."""
+        from mmt_core import analysis as A
+
+        ev = self.dataset()
+        manifest, split = self.dataset_source()
+        return {"accuracy": A.accuracy_table(ev), "per_class": A.per_class(ev),
+                "suspicious": A.suspicious(ev, top=20), "classes": ev.classes,
+                "roles": ev.roles, "clips": len(ev.paths), "total": ev.total,
+                "skipped": len(ev.skipped), "source": f"{manifest} (split {split})",
+                "seconds": ev.seconds, "cached": ev.cached}
+
+    def dataset_confusion(self, role: str = "mmt"):
+        from mmt_core.analysis import confusion
+
+        ev = self.dataset()
+        return confusion(ev, role), ev.classes
+
+    def dataset_cell(self, role: str, true: str, pred: str) -> list[dict]:
+        from mmt_core.analysis import cell_clips
+
+        return cell_clips(self.dataset(), role, true, pred)
+
+    def dataset_clip(self, path) -> Path:
+        """A clip of the dataset copied under cache_dir/dataset_clips (the page may only serve
+        files from the cache dir), named by its content."""
+        import shutil
+
+        ev = self.dataset()
+        if str(path) not in ev.paths:
+            raise UserError(f"not a clip of the analysed dataset: {path}")
+        src = Path(path)
+        dst = self.cache_dir / "dataset_clips" / f"{emb.file_hash(src)[:16]}_{src.name}"
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        return dst
+
+    def dataset_neighbours(self, path, kind: str = "fused", k: int = 8) -> list[dict]:
+        """The k clips of the dataset nearest a clip (one of the dataset, found by content,
+        else any clip through the fused model's embeddings of it) by sound, picture, fused
+        embedding, or across senses ("cross": sound g_A nearest this clip's picture g_V)."""
+        from mmt_core import analysis as A
+
+        ev = self.dataset()
+        p = self._check_upload(path)
+        with self._lock:
+            name = self.active
+            if name not in self._dataset_hashes:
+                self._dataset_hashes[name] = {emb.file_hash(Path(q)): i
+                                              for i, q in enumerate(ev.paths)}
+            index = self._dataset_hashes[name].get(emb.file_hash(p))
+        if index is not None:
+            return A.neighbours(ev, index, kind, k)
+        _, results = self.prepared(p)
+        out = results["mmt"]["output"]
+        if out is None:
+            raise UserError("the MMT did not run on this clip (see the Predict notes)")
+        query = {"audio": out.audio_embed, "video": out.video_embed,
+                 "fused": out.fused_embed if out.audio_embed is not None and
+                 out.video_embed is not None else None,
+                 "audio_proj": out.audio_proj, "video_proj": out.video_proj}
+        q = query[A.NEIGHBOUR_SPACES.get(kind, ("fused",))[0]]
+        if q is None:
+            raise UserError(f"the MMT gives no '{kind}' embedding for this clip")
+        return A.neighbours_of(ev, q[0].float().numpy(), kind, k)
 
     # ------------------------------------------------------------------ ablations
     def ablations(self) -> dict | None:
