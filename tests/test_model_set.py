@@ -207,3 +207,37 @@ def test_workbench_dataset_analysis_of_a_set(own_run, tmp_path):
         assert len(wb.dataset_neighbours(outside, "video", k=5)) == 5
         with pytest.raises(UserError, match="not a clip of the analysed dataset"):
             wb.dataset_clip(outside)
+
+
+@pytest.mark.slow
+def test_app_dataset_tab_on_a_compare_run(own_run, tmp_path):
+    """`python app.py --models RUN`: the Dataset tab's endpoints answer with the run's classes;
+    a clip of a confusion cell opens (Predict runs on it) and has similar clips."""
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client, handle_file
+
+    from wb_helpers import AppServer
+
+    server = AppServer({"MMT_MODELS": str(own_run), "MMT_CACHE_DIR": str(tmp_path / "cache"),
+                        "MMT_APP_THREADS": "1", "MMT_APP_WARMUP": "pca"}, tmp_path / "app.log")
+    try:
+        server.wait()
+        c = Client(server.url, verbose=False)
+        md, acc, per, role, fig, true, pred, sus = c.predict(api_name="/dataset")
+        assert "18 clips" in md and str(own_run / "manifest.csv") in md
+        assert [r[0] for r in acc["data"]] == ["fused (MMT)", "audio-only", "video-only", "Avg"]
+        assert [r[0] for r in per["data"]] == CLASSES
+        assert len(sus["data"]) == 18 and fig is not None
+        cell = c.predict("mmt", CLASSES[0], CLASSES[0], api_name="/dataset_cell")
+        cell2 = c.predict("mmt", CLASSES[0], CLASSES[1], api_name="/dataset_cell")
+        rows = cell["data"] + cell2["data"]
+        assert rows and all(r[1] == CLASSES[0] for r in rows)
+        shown, player = c.predict(rows[0][0], api_name="/dataset_open")
+        assert shown and player
+        near = c.predict(handle_file(shown), "cross", api_name="/dataset_neighbours")
+        assert len(near["data"]) == 8 and all(r[1] in CLASSES for r in near["data"])
+    except Exception:
+        print(server.output()[-3000:])
+        raise
+    finally:
+        server.stop()
