@@ -1,4 +1,5 @@
-"""The Gradio page: Predict, Explain, Embeddings and Ablations tabs over workbench.service.
+"""The Gradio page: Predict, Explain, Embeddings, Dataset, Teach and Ablations tabs over
+workbench.service.
 
 Handlers are thin: they call the process-wide `Workbench` and turn its arrays into Gradio
 values. Every event has an api_name ("predict", "explain", "embed", "ablations"); an upload runs
@@ -704,7 +705,7 @@ def dataset_run():
                                     value="mmt"),
             confusion_figure(*wb.dataset_confusion("mmt"), "mmt"),
             gr.update(choices=classes, value=classes[0]),
-            gr.update(choices=classes, value=classes[-1]), sus)
+            gr.update(choices=classes, value=classes[0]), sus)
 
 
 @_user_errors
@@ -773,7 +774,8 @@ def dataset_tab() -> dict:
         c["path"] = gr.Textbox(label="Clip", elem_id="dataset-path", scale=3)
         c["open"] = gr.Button("Play and open in Predict / Explain", elem_id="dataset-open")
     with gr.Row():
-        c["player"] = gr.Video(label="Clip", interactive=False, elem_id="dataset-player")
+        c["player"] = gr.Video(label="Clip", interactive=False, height=320,
+                               elem_id="dataset-player")
         with gr.Column():
             c["kind"] = gr.Radio(NEIGHBOUR_KINDS, value="fused", label="Similar clips",
                                  elem_id="dataset-kind")
