@@ -596,7 +596,16 @@ class Workbench:
                     table.append([self.models[role].name, space, round(s["ari"], 3),
                                   round(s["hs"], 3)])
         return {"figures": figures, "scores": table,
-                "reference_clips": len(self.explorer("mmt").reference()["labels"])}
+                "reference_clips": len(self.explorer("mmt").reference()["labels"]),
+                "reference_source": self.reference_source()}
+
+    def reference_source(self) -> str:
+        """Where the reference clips come from, in words."""
+        if self.active == "taught":
+            return "taught clips"
+        if self._set_data() is not None:
+            return f"clips of {self._set_data()} (split {self.split})"
+        return "built-in test clips"
 
     # ------------------------------------------------------------------ dataset analysis
     def dataset_source(self) -> tuple[Path, str]:

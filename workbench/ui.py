@@ -205,7 +205,8 @@ def explain_if_clip(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
 def embed(clip, method, source):
     """clip, projection, source → three scatter plots with the clip starred, ARI/HS table."""
     res = get_workbench().embed(clip, method=method or "umap", source=source or "mmt")
-    md = (f"{res['reference_clips']} built-in test clips; ARI / HS of KMeans clusters vs classes "
+    md = (f"{res['reference_clips']} {res.get('reference_source', 'built-in test clips')}; "
+          "ARI / HS of KMeans clusters vs classes "
           "(paper Table 3), higher is better.")
     return (*res["figures"], res["scores"], md)
 
