@@ -1,5 +1,8 @@
 """MMT Workbench: `python app.py` serves the Gradio page on http://127.0.0.1:7860.
 
+--models DIR opens your own model set (a `mmt compare` run, a taught folder, a checkpoint
+folder) instead of the shipped demo; its reference and example clips come from --data MANIFEST
+(default: the manifest its fused model was trained on), split --split (default test).
 --host / --port (or GRADIO_SERVER_NAME / GRADIO_SERVER_PORT) choose the address; MMT_CHECKPOINTS,
 MMT_CACHE_DIR, MMT_APP_MAX_SECONDS and MMT_APP_MAX_MB the demo models, cache and upload limits;
 MMT_APP_WARMUP the projections fitted at start (default "umap"; "none" for none);
@@ -8,6 +11,7 @@ Importing this file only builds the page; models load in a warm-up thread at lau
 """
 import argparse
 import os
+import sys
 import threading
 
 
@@ -31,11 +35,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "every network interface)")
     p.add_argument("--port", type=port, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
                    help="port (default 7860)")
-    return p.parse_args(argv)
+    p.add_argument("--models", default=os.environ.get("MMT_MODELS"),
+                   help="a model set folder (default: the shipped checkpoints/ on built-in data)")
+    p.add_argument("--data", default=os.environ.get("MMT_DATA"),
+                   help="with --models: the manifest or folder of the set's clips")
+    p.add_argument("--split", default=os.environ.get("MMT_SPLIT", "test"),
+                   help="with --models: the split of --data the reference clips come from")
+    args = p.parse_args(argv)
+    if args.data and not args.models:
+        p.error("--data goes with --models")
+    return args
+
+
+def check_model_set(args) -> None:
+    """A bad --models / --data stops at once with one line (exit 2), before the page is up;
+    MMT_MODELS / MMT_DATA / MMT_SPLIT carry the choice to the workbench."""
+    from mmt_core.errors import UserError
+    from mmt_core.model_set import open_model_set
+
+    try:
+        ms = open_model_set(args.models)
+        if args.data or ms.manifest:
+            from mmt_core.analysis import split_records
+
+            split_records(ms, args.data or ms.manifest, args.split)
+    except UserError as e:
+        print(f"python app.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    os.environ["MMT_MODELS"] = str(args.models)
+    if args.data:
+        os.environ["MMT_DATA"] = str(args.data)
+    os.environ["MMT_SPLIT"] = args.split
 
 
 # Before the page is built (gradio's import takes seconds): --help and a bad port answer at once.
 ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.models:
+    check_model_set(ARGS)
 
 from workbench.ui import build_demo  # noqa: E402
 

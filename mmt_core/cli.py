@@ -160,6 +160,50 @@ def cmd_bench(a) -> dict:
                          size=a.size, print_table=not a.json)
 
 
+# ---- mmt audit (dataset analysis: mmt_core/analysis.py) ----
+
+def cmd_audit(a) -> dict | None:
+    """The split's clips ranked by how suspicious their label is (docs/workbench.md, "Dataset
+    analysis"): {"clips": [{"path", "label", "score", "reason", "probs"}, ...]}."""
+    from .analysis import AnalysisConfig, evaluate_set, suspicious
+    from .model_set import open_model_set
+
+    ms = open_model_set(a.models)
+    data = a.data or ms.manifest
+    if data is None:
+        raise UserError(f"give --data: {a.models} records no manifest that exists here"
+                        + (f" ({ms.recorded_manifest})" if ms.recorded_manifest else ""))
+    if a.top is not None and a.top < 1:
+        raise UserError(f"--top must be >= 1, got {a.top}")
+    if a.max_clips < 1:
+        raise UserError(f"--max-clips must be >= 1, got {a.max_clips}")
+    cfg = AnalysisConfig(max_clips=a.max_clips, cache_dir=a.cache_dir, progress=not a.json)
+    ev = evaluate_set(ms, data, a.split, cfg)
+    clips = [{k: r[k] for k in ("path", "label", "score", "reason", "probs")}
+             for r in suspicious(ev, a.top)]
+    if a.json:
+        return {"clips": clips}
+    for k, c in enumerate(clips, 1):
+        print(f"{k:>4} {c['score']:7.2f}  {c['path']}\n       {c['reason']}")
+    return None
+
+
+def _add_audit(add) -> None:
+    sp = add("audit", cmd_audit, "rank a split's clips by how likely their label is wrong or "
+             "their sound and picture disagree (fused, audio-only, video-only models)")
+    sp.add_argument("--models", required=True,
+                    help="a model set: a compare run, a taught folder, checkpoints/, or one "
+                         "checkpoint")
+    sp.add_argument("--data", default=None,
+                    help="manifest or folder (default: the one the fused model was trained on)")
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--top", type=int, default=None, help="only the K most suspicious clips")
+    sp.add_argument("--max-clips", type=int, default=2000,
+                    help="a bigger split is sampled to this many clips, per class")
+    sp.add_argument("--cache-dir", default=".cache/analysis",
+                    help="where the models' outputs on the split are cached")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmt", description="Multiscale Multimodal Transformer workbench")
     sub = p.add_subparsers(dest="command", required=True)
@@ -299,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=int, default=None)
     sp.add_argument("--size", default="full", choices=["full", "smoke"],
                     help="smoke: tiny inputs and variants, for CI")
+    _add_audit(add)
     return p
 
 

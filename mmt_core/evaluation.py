@@ -67,10 +67,13 @@ def flatten_views(inputs: dict) -> tuple[dict, int]:
 @torch.inference_mode()
 def run_eval(model, dataset, classes: dict[str, list[str]], *, batch_size: int,
              device: torch.device, amp: bool = True, num_workers: int = 0,
-             progress: bool = False, desc: str = "eval", keep_probs: bool = False) -> dict:
+             progress: bool = False, desc: str = "eval", keep_probs: bool = False,
+             on_batch=None) -> dict:
     """Top-1/top-5 (+ verb/noun/action), per-class accuracy, confusion matrix, with the softmax
     averaged over the dataset's views; broken clips are counted, not fatal. keep_probs adds
-    "probs" and "labels" ({head: tensor}) for late fusion of several models' outputs."""
+    "probs" and "labels" ({head: tensor}) for late fusion of several models' outputs.
+    on_batch(batch, output, views), after each forward, collects per-clip extras (embeddings;
+    batch["index"] names the clips, output has B·V rows)."""
     from tqdm.auto import tqdm
 
     from .data.dataset import collate_skip_broken
@@ -103,6 +106,8 @@ def run_eval(model, dataset, classes: dict[str, list[str]], *, batch_size: int,
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=amp and device.type == "cuda"):
             out = net(**inputs)
+        if on_batch is not None:
+            on_batch(batch, out, views)
         for head in classes:
             logits = out.head_logits[head].float()  # (B·V, C)
             probs[head].append(ensemble_views(logits.reshape(-1, views, logits.shape[-1])).cpu())

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmt_core.errors import MediaError
+from mmt_core.errors import MediaError, UserError
 from mmt_core.inference import clip_inputs
 
 # Role in the app → demo checkpoint name under checkpoints/.
@@ -65,6 +65,29 @@ def load_models(root: str | Path = "checkpoints", names: dict[str, str] | None =
     for role, name in (names or DEMO_MODELS).items():
         model, meta = load_checkpoint(Path(root) / name, "cpu")
         out[role] = LoadedModel(name=name, dir=Path(root) / name, model=model.eval(), meta=meta)
+    return out
+
+
+def load_model_set(folder: str | Path) -> dict[str, LoadedModel]:
+    """role → LoadedModel for the model set in `folder` (mmt_core.model_set: a compare run, a
+    taught folder, checkpoints/, one checkpoint). The app needs the fused model; the audio-only
+    and video-only ones are optional. Each model is named by its folder when those differ
+    (checkpoints/: mmt_tiny, mat_tiny, mvit_tiny_video), else by role and architecture (a
+    compare run's three `best` links may all point at a step-0000040)."""
+    from mmt_core.checkpoint import load_checkpoint
+    from mmt_core.model_set import open_model_set
+
+    ms = open_model_set(folder)
+    if "mmt" not in ms.models:
+        raise UserError(f"{folder}: the workbench needs a fused (audio + video) model; this set "
+                        f"has only {', '.join(ms.roles)}")
+    names = {r: d.name for r, d in ms.models.items()}
+    if len(set(names.values())) < len(names):
+        names = {r: f"{r}_{ms.metas[r]['model']}" for r in ms.models}
+    out = {}
+    for role, d in ms.models.items():
+        model, meta = load_checkpoint(d, "cpu")
+        out[role] = LoadedModel(name=names[role], dir=d, model=model.eval(), meta=meta)
     return out
 
 

@@ -6,8 +6,10 @@ synthetic test split, generated once into the cache dir), each model's reference
 projections (workbench.embeddings), and the last few prepared clips, so the Predict, Explain and
 Embeddings results of one upload decode and run the models once.
 
-Two model sets: "demo" (checkpoints/) and "taught" (CACHE/teach/taught/, written by the Teach
-tab or /teach, or restored from a zip). `use(name)` switches the server-wide active set that
+Two model sets: "demo" (checkpoints/, or the model set given as `python app.py --models DIR`:
+a compare run, a taught folder, any folder mmt_core.model_set opens, its reference clips then
+from `--data` / the manifest its fused model records) and "taught" (CACHE/teach/taught/, written
+by the Teach tab or /teach, or restored from a zip). `use(name)` switches the server-wide active set that
 every tab and endpoint answers with; one teach run at a time trains in a background thread.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ from mmt_core.explain import CAM_BLOCKS
 from . import embeddings as emb
 from . import gradcam
 from . import teach as teaching
-from .inference import DEMO_MODELS, LoadedModel, load_models, predict_prepared, prepare
+from .inference import (DEMO_MODELS, LoadedModel, load_model_set, load_models, predict_prepared,
+                        prepare)
 
 REPO = Path(__file__).resolve().parent.parent
 # The built-in test split of configs/synthetic_base.yaml (`mmt synth --seed 1001 --split test`):
@@ -59,9 +62,19 @@ class Workbench:
 
     def __init__(self, *, checkpoints: str | Path | None = None, cache_dir: str | Path | None = None,
                  max_seconds: float | None = None, max_mb: float | None = None,
-                 reference_clips_per_class: int = 10, seed: int = 0):
+                 reference_clips_per_class: int = 10, seed: int = 0,
+                 models: str | Path | None = None, data: str | Path | None = None,
+                 split: str | None = None):
         env = os.environ.get
         self.checkpoints = Path(checkpoints or env("MMT_CHECKPOINTS", REPO / "checkpoints"))
+        # `app.py --models DIR [--data M] [--split S]`: the model set in the "demo" slot and the
+        # data its reference clips come from (None: checkpoints/ on the built-in data).
+        models = models or env("MMT_MODELS")
+        self.models_dir = Path(models) if models else None
+        self.data = data or env("MMT_DATA") or None
+        self.split = split or env("MMT_SPLIT") or "test"
+        # reference clips of a --models set: a stratified sample of at most this many
+        self.reference_max = int(env("MMT_APP_REF_MAX", "2000"))
         self.cache_dir = Path(cache_dir or env("MMT_CACHE_DIR", REPO / ".cache" / "workbench"))
         # A 10 s clip is the expected case; a minute is plenty for one window of any model.
         self.max_seconds = max_seconds or _env_float("MMT_APP_MAX_SECONDS", 60.0)
@@ -78,6 +91,8 @@ class Workbench:
         # (model set, sha256 of the file, window start) -> (Prepared, results)
         self._prepared: OrderedDict = OrderedDict()
         self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
+        self._datasets: dict[str, object] = {}  # model set -> analysis.Evaluation of its data
+        self._dataset_hashes: dict[str, dict] = {}  # model set -> {sha256 of a clip: index}
         self.teach_dir = self.cache_dir / "teach"
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
         self.job: teaching.TeachJob | None = None
@@ -102,12 +117,16 @@ class Workbench:
         return name
 
     def _set_root(self, name: str) -> Path:
-        return self.checkpoints if name == "demo" else self.taught_dir
+        if name == "demo":
+            return self.models_dir or self.checkpoints
+        return self.taught_dir
 
     @property
     def models(self) -> dict[str, LoadedModel]:
         with self._lock:
             name = self.active
+            if name == "demo" and self.models_dir is not None and name not in self._sets:
+                self._sets[name] = load_model_set(self.models_dir)
             if name not in self._sets:
                 root = self._set_root(name)
                 missing = [n for n in DEMO_MODELS.values() if not (root / n).is_dir()]
@@ -123,6 +142,8 @@ class Workbench:
         with self._lock:
             self._sets.pop(name, None)
             self._records.pop(name, None)
+            self._datasets.pop(name, None)
+            self._dataset_hashes.pop(name, None)
             for key in [k for k in self._explorers if k[0] == name]:
                 del self._explorers[key]
             for key in [k for k in self._prepared if k[0] == name]:
@@ -136,8 +157,56 @@ class Workbench:
         return self.models["mmt"].class_names
 
     def examples(self) -> list[Path]:
-        """One built-in clip per class (generated on first use into cache_dir/examples)."""
+        """One clip per class: from the set's data for a --models set with data, else built-in
+        (generated on first use into cache_dir/examples)."""
+        if self.active == "demo" and self._set_data() is not None:
+            return self._set_examples()
         return self._synthetic("examples", 1, EXAMPLES_SEED)
+
+    # ---- a --models set's data: reference and example clips
+    def _set_data(self) -> Path | None:
+        """The manifest a --models set's clips come from: --data, else the one its fused model
+        records (when it is here); None for checkpoints/ (the built-in data)."""
+        if self.models_dir is None:
+            return None
+        if self.data:
+            return Path(self.data)
+        from mmt_core.model_set import open_model_set
+
+        return open_model_set(self.models_dir).manifest
+
+    def _set_records(self):
+        """The --models set's split (labels in the set's class order), a stratified sample of
+        at most reference_max clips; one-line UserErrors for missing clips or other classes."""
+        from mmt_core.analysis import split_records, stratified_cap
+        from mmt_core.model_set import open_model_set
+
+        ms = open_model_set(self.models_dir)
+        records = split_records(ms, self._set_data(), self.split)
+        keep = stratified_cap([r.labels[ms.head] for r in records], self.reference_max, self.seed)
+        return [records[i] for i in keep]
+
+    def _set_examples(self) -> list[Path]:
+        """The first reference clip of each class, copied as cache_dir/examples_set/KEY/
+        examples_s0_CLASS_0000.EXT (the example picker names clips by that pattern)."""
+        import hashlib
+        import shutil
+
+        records = self.reference_records()
+        names = self.class_names
+        firsts = {}
+        for r in records:
+            firsts.setdefault(r.labels["label"], r.path)
+        key = hashlib.sha256(json.dumps(sorted(firsts.items())).encode()).hexdigest()[:12]
+        out = self.cache_dir / "examples_set" / key
+        paths = []
+        for label, src in sorted(firsts.items()):
+            dst = out / f"examples_s0_{names[label]}_0000{Path(src).suffix}"
+            if not dst.is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            paths.append(dst)
+        return paths
 
     @property
     def generator_version(self) -> int:
@@ -171,6 +240,9 @@ class Workbench:
         with self._lock:
             if self.active == "taught" and "taught" not in self._records:
                 self._records["taught"] = self._taught_records()
+            if self.active == "demo" and "demo" not in self._records and \
+                    self._set_data() is not None:
+                self._records["demo"] = self._set_records()
             if self.active == "demo" and "demo" not in self._records:
                 from mmt_core.data.manifests import read_manifest
 
@@ -178,7 +250,8 @@ class Workbench:
                 man = read_manifest(paths[0].parent.parent / "manifest.csv", split="test")
                 names, order = man.classes["label"], self.class_names
                 if set(names) - set(order):
-                    raise UserError("the demo checkpoints were not trained on the built-in classes")
+                    raise UserError("these models were not trained on the built-in classes and "
+                                    "know no data of their own: give app.py --data MANIFEST")
                 keep = {str(p) for p in paths}
                 self._records["demo"] = [
                     dataclasses.replace(r, labels={"label": order.index(names[r.labels["label"]])})
@@ -329,8 +402,13 @@ class Workbench:
             names = self.models[role].class_names
             order = np.argsort(-r["probs"])[:topk]
             probs[role] = {names[i]: float(r["probs"][i]) for i in order}
+        notes = list(prep.notes)
+        for role in ROLE_TITLES:  # a set with only a fused model: the single-sense columns say so
+            if role not in results:
+                probs[role] = None
+                notes.append(f"This model set has no {ROLE_TITLES[role]} model.")
         return {"probs": probs, "frames": prep.clip.frames, "times": prep.clip.times,
-                "fbank": prep.fbank.numpy(), "notes": list(prep.notes), "has_audio": prep.has_audio,
+                "fbank": prep.fbank.numpy(), "notes": notes, "has_audio": prep.has_audio,
                 "ood": results["mmt"].get("ood"), "models": self.active,
                 "timing_s": time.perf_counter() - t0}
 
@@ -403,6 +481,8 @@ class Workbench:
                "start": prep.clip.start}
         with self._lock:
             for role in ("mmt", "video", "audio"):
+                if role not in results:  # not in this model set
+                    continue
                 m = self.models[role]
                 if results[role]["probs"] is None or not applicable(method, m.modalities):
                     continue
@@ -497,6 +577,8 @@ class Workbench:
         prep, results = self.prepared(path)
         panels = ([("mmt", "audio"), ("mmt", "video"), ("mmt", "fused")] if source == "mmt" else
                   [("audio", "audio"), ("video", "video"), ("mmt", "fused")])
+        # a set without a unimodal model shows the MMT's own space of that sense instead
+        panels = [(r if r in results else "mmt", space) for r, space in panels]
         figures = []
         with self._lock:
             for role, space in panels:
@@ -509,12 +591,120 @@ class Workbench:
                 figures.append(ex.figure(space, method, point=point, point_name=Path(path).name,
                                          point_label=label))
             table = []
-            for role in ("audio", "video", "mmt"):
+            for role in [r for r in ("audio", "video", "mmt") if r in results]:
                 for space, s in self.explorer(role).scores().items():
                     table.append([self.models[role].name, space, round(s["ari"], 3),
                                   round(s["hs"], 3)])
         return {"figures": figures, "scores": table,
-                "reference_clips": len(self.explorer("mmt").reference()["labels"])}
+                "reference_clips": len(self.explorer("mmt").reference()["labels"]),
+                "reference_source": self.reference_source()}
+
+    def reference_source(self) -> str:
+        """Where the reference clips come from, in words."""
+        if self.active == "taught":
+            return "taught clips"
+        if self._set_data() is not None:
+            return f"clips of {self._set_data()} (split {self.split})"
+        return "built-in test clips"
+
+    # ------------------------------------------------------------------ dataset analysis
+    def dataset_source(self) -> tuple[Path, str]:
+        """(manifest, split) the Dataset tab evaluates the active set on: a --models set's data;
+        the built-in reference split for the demo; the taught clips' validation split."""
+        if self.active == "demo" and self._set_data() is not None:
+            return self._set_data(), self.split
+        if self.active == "demo":
+            paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
+            return paths[0].parent.parent / "manifest.csv", "test"
+        manifest = Path(self.models["mmt"].meta["data"].get("manifest") or "")
+        if not manifest.is_file():
+            raise UserError("the taught models' clips are not on this server (restored from a "
+                            "zip?): no dataset to analyse")
+        return manifest, "val"
+
+    def dataset(self):
+        """mmt_core.analysis.Evaluation of the active set on its data (computed once, with a
+        progress bar on the server's stderr, cached under cache_dir/analysis)."""
+        from mmt_core.analysis import AnalysisConfig, evaluate_set
+        from mmt_core.model_set import open_model_set
+
+        with self._lock:
+            name = self.active
+            if name not in self._datasets:
+                manifest, split = self.dataset_source()
+                cfg = AnalysisConfig(max_clips=self.reference_max, num_workers=0,
+                                     cache_dir=str(self.cache_dir / "analysis"))
+                self._datasets[name] = evaluate_set(open_model_set(self._set_root(name)),
+                                                    manifest, split, cfg)
+            return self._datasets[name]
+
+    def dataset_summary(self) -> dict:
+        """Tables of the Dataset tab: {"accuracy", "per_class", "suspicious", "classes",
+        "roles", "clips", "total", "skipped", "source", "seconds", "cached"}."""
+        from mmt_core import analysis as A
+
+        ev = self.dataset()
+        manifest, split = self.dataset_source()
+        return {"accuracy": A.accuracy_table(ev), "per_class": A.per_class(ev),
+                "suspicious": A.suspicious(ev, top=20), "classes": ev.classes,
+                "roles": ev.roles, "clips": len(ev.paths), "total": ev.total,
+                "skipped": len(ev.skipped), "source": f"{manifest} (split {split})",
+                "seconds": ev.seconds, "cached": ev.cached}
+
+    def dataset_confusion(self, role: str = "mmt"):
+        from mmt_core.analysis import confusion
+
+        ev = self.dataset()
+        return confusion(ev, role), ev.classes
+
+    def dataset_cell(self, role: str, true: str, pred: str) -> list[dict]:
+        from mmt_core.analysis import cell_clips
+
+        return cell_clips(self.dataset(), role, true, pred)
+
+    def dataset_clip(self, path) -> Path:
+        """A clip of the dataset copied under cache_dir/dataset_clips (the page may only serve
+        files from the cache dir), named by its content."""
+        import shutil
+
+        ev = self.dataset()
+        if str(path) not in ev.paths:
+            raise UserError(f"not a clip of the analysed dataset: {path}")
+        src = Path(path)
+        dst = self.cache_dir / "dataset_clips" / f"{emb.file_hash(src)[:16]}_{src.name}"
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        return dst
+
+    def dataset_neighbours(self, path, kind: str = "fused", k: int = 8) -> list[dict]:
+        """The k clips of the dataset nearest a clip (one of the dataset, found by content,
+        else any clip through the fused model's embeddings of it) by sound, picture, fused
+        embedding, or across senses ("cross": sound g_A nearest this clip's picture g_V)."""
+        from mmt_core import analysis as A
+
+        ev = self.dataset()
+        p = self._check_upload(path)
+        with self._lock:
+            name = self.active
+            if name not in self._dataset_hashes:
+                self._dataset_hashes[name] = {emb.file_hash(Path(q)): i
+                                              for i, q in enumerate(ev.paths)}
+            index = self._dataset_hashes[name].get(emb.file_hash(p))
+        if index is not None:
+            return A.neighbours(ev, index, kind, k)
+        _, results = self.prepared(p)
+        out = results["mmt"]["output"]
+        if out is None:
+            raise UserError("the MMT did not run on this clip (see the Predict notes)")
+        query = {"audio": out.audio_embed, "video": out.video_embed,
+                 "fused": out.fused_embed if out.audio_embed is not None and
+                 out.video_embed is not None else None,
+                 "audio_proj": out.audio_proj, "video_proj": out.video_proj}
+        q = query[A.NEIGHBOUR_SPACES.get(kind, ("fused",))[0]]
+        if q is None:
+            raise UserError(f"the MMT gives no '{kind}' embedding for this clip")
+        return A.neighbours_of(ev, q[0].float().numpy(), kind, k)
 
     # ------------------------------------------------------------------ ablations
     def ablations(self) -> dict | None:

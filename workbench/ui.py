@@ -1,4 +1,5 @@
-"""The Gradio page: Predict, Explain, Embeddings and Ablations tabs over workbench.service.
+"""The Gradio page: Predict, Explain, Embeddings, Dataset, Teach and Ablations tabs over
+workbench.service.
 
 Handlers are thin: they call the process-wide `Workbench` and turn its arrays into Gradio
 values. Every event has an api_name ("predict", "explain", "embed", "ablations"); an upload runs
@@ -204,7 +205,8 @@ def explain_if_clip(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
 def embed(clip, method, source):
     """clip, projection, source → three scatter plots with the clip starred, ARI/HS table."""
     res = get_workbench().embed(clip, method=method or "umap", source=source or "mmt")
-    md = (f"{res['reference_clips']} built-in test clips; ARI / HS of KMeans clusters vs classes "
+    md = (f"{res['reference_clips']} {res.get('reference_source', 'built-in test clips')}; "
+          "ARI / HS of KMeans clusters vs classes "
           "(paper Table 3), higher is better.")
     return (*res["figures"], res["scores"], md)
 
@@ -650,6 +652,159 @@ def page_models():
         return gr.update(), str(e)
 
 
+# ---------------------------------------------------------------------------- dataset
+# The Dataset tab: the active model set on its data (workbench.service dataset_*, computed by
+# mmt_core.analysis). A confusion cell is chosen with the two dropdowns (gr.Plot has no click
+# event); a row of the cell or suspicious table puts its clip in the path box, Open plays it and
+# loads it into Predict, Explain and the similar-clips table.
+MODEL_TITLES = {"mmt": "fused (MMT)", "audio": "audio-only", "video": "video-only", "avg": "Avg"}
+DATASET_HEADERS = {
+    "accuracy": ["model", "top-1 (%)", "top-5 (%)"],
+    "per_class": ["class", "clips", "fused", "audio-only", "video-only", "Avg",
+                  "sound adds (fused − video)", "picture adds (fused − audio)"],
+    "cell": ["path", "label", "fused says", "audio says", "picture says"],
+    "suspicious": ["rank", "score", "path", "label", "why"],
+    "neighbours": ["path", "label", "similarity", "fused says"],
+}
+NEIGHBOUR_KINDS = [("by sound", "audio"), ("by picture", "video"), ("by fused embedding", "fused"),
+                   ("sounds nearest this picture (g_A ~ g_V)", "cross")]
+
+
+def _pct(v):
+    return None if v is None else round(100 * v, 1)
+
+
+def confusion_figure(conf: np.ndarray, classes: list[str], role: str):
+    """Plotly heatmap of a confusion matrix, rows the label, columns the prediction."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Heatmap(z=conf, x=classes, y=classes, text=conf, texttemplate="%{text}",
+                               colorscale="Blues", showscale=False,
+                               hovertemplate="label %{y}, %{x}: %{z} clips<extra></extra>"))
+    fig.update_layout(title=f"Confusion of the {MODEL_TITLES.get(role, role)} model", height=420,
+                      xaxis_title="predicted", yaxis_title="label",
+                      yaxis={"autorange": "reversed"}, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+@_user_errors
+def dataset_run():
+    """Evaluate the active set on its data: summary, tables, confusion, suspicious clips."""
+    wb = get_workbench()
+    s = wb.dataset_summary()
+    acc = [[MODEL_TITLES[r], _pct(a["top1"]), _pct(a["top5"])] for r, a in s["accuracy"].items()]
+    per = [[r["class"], r["count"], *(_pct(r.get(k)) for k in ("mmt", "audio", "video", "avg")),
+            _pct(r["sound_adds"]), _pct(r["picture_adds"])] for r in s["per_class"]]
+    sus = [[k + 1, round(x["score"], 2), x["path"], x["label"], x["reason"]]
+           for k, x in enumerate(s["suspicious"])]
+    md = (f"**{s['clips']} clips** of {s['source']}"
+          + (f" (a stratified sample of {s['total']})" if s["total"] > s["clips"] else "")
+          + (f", {s['skipped']} unreadable" if s["skipped"] else "")
+          + f"; {'read from the cache' if s['cached'] else 'computed'} in {s['seconds']:.1f} s.")
+    classes = s["classes"]
+    return (md, acc, per, gr.update(choices=[(MODEL_TITLES[r], r) for r in s["roles"]],
+                                    value="mmt"),
+            confusion_figure(*wb.dataset_confusion("mmt"), "mmt"),
+            gr.update(choices=classes, value=classes[0]),
+            gr.update(choices=classes, value=classes[0]), sus)
+
+
+@_user_errors
+def dataset_confusion(role):
+    return confusion_figure(*get_workbench().dataset_confusion(role or "mmt"), role or "mmt")
+
+
+@_user_errors
+def dataset_cell(role, true, pred):
+    """The clips of one confusion cell, with each model's top class."""
+    rows = get_workbench().dataset_cell(role or "mmt", true, pred)
+    return [[c["path"], c["label"], *(c.get(r, {}).get("top", "—") for r in ROLES)] for c in rows]
+
+
+def dataset_pick(evt: gr.SelectData):
+    """A clicked table row → its clip's path (the column called "path")."""
+    row = evt.row_value or []
+    return next((v for v in row if isinstance(v, str) and ("/" in v or "\\" in v)), gr.update())
+
+
+@_user_errors
+def dataset_open(path):
+    """A dataset clip → the clip input (then Predict / Explain run) and the player."""
+    if not path:
+        raise UserError("pick a clip: click a row of a table above")
+    shown = str(get_workbench().dataset_clip(path))
+    return shown, shown
+
+
+@_user_errors
+def dataset_neighbours(clip, kind):
+    """The current clip's nearest dataset clips of one kind."""
+    if not clip:
+        return []
+    rows = get_workbench().dataset_neighbours(clip, kind or "fused", k=8)
+    return [[n["path"], n["label"], round(n["similarity"], 3), n.get("mmt", {}).get("top", "—")]
+            for n in rows]
+
+
+def dataset_tab() -> dict:
+    """The Dataset tab's components (wired by wire_dataset)."""
+    c = {}
+    with gr.Row():
+        c["run"] = gr.Button("Evaluate the models on their data", variant="primary",
+                             elem_id="dataset-run")
+        c["md"] = gr.Markdown(elem_id="dataset-md")
+    with gr.Row():
+        c["acc"] = gr.Dataframe(headers=DATASET_HEADERS["accuracy"], interactive=False,
+                                label="Accuracy", elem_id="dataset-acc", scale=1)
+        c["per_class"] = gr.Dataframe(headers=DATASET_HEADERS["per_class"], interactive=False,
+                                      label="Per class (%; click a header to sort)",
+                                      elem_id="dataset-per-class", scale=3)
+    c["role"] = gr.Radio([(MODEL_TITLES["mmt"], "mmt")], value="mmt", label="Confusion matrix of",
+                         elem_id="dataset-role")
+    c["confusion"] = gr.Plot(elem_id="dataset-confusion")
+    with gr.Row():
+        c["true"] = gr.Dropdown(label="Label", choices=[], elem_id="dataset-true")
+        c["pred"] = gr.Dropdown(label="Predicted", choices=[], elem_id="dataset-pred")
+        c["cell_btn"] = gr.Button("Show the clips of this cell", elem_id="dataset-cell-btn")
+    c["cell"] = gr.Dataframe(headers=DATASET_HEADERS["cell"], interactive=False,
+                             label="Clips of the cell (click one)", elem_id="dataset-cell")
+    c["suspicious"] = gr.Dataframe(headers=DATASET_HEADERS["suspicious"], interactive=False,
+                                   label="Suspicious clips: label, sound and picture disagree "
+                                         "(click one)", elem_id="dataset-suspicious")
+    with gr.Row():
+        c["path"] = gr.Textbox(label="Clip", elem_id="dataset-path", scale=3)
+        c["open"] = gr.Button("Play and open in Predict / Explain", elem_id="dataset-open")
+    with gr.Row():
+        c["player"] = gr.Video(label="Clip", interactive=False, height=320,
+                               elem_id="dataset-player")
+        with gr.Column():
+            c["kind"] = gr.Radio(NEIGHBOUR_KINDS, value="fused", label="Similar clips",
+                                 elem_id="dataset-kind")
+            c["neighbours"] = gr.Dataframe(headers=DATASET_HEADERS["neighbours"],
+                                           interactive=False, elem_id="dataset-neighbours")
+    return c
+
+
+def wire_dataset(c: dict, clip, pred_out, explain_in, explain_out) -> None:
+    hidden = {"api_visibility": "private"}
+    c["run"].click(dataset_run, None, [c["md"], c["acc"], c["per_class"], c["role"],
+                                       c["confusion"], c["true"], c["pred"], c["suspicious"]],
+                   api_name="dataset")
+    c["role"].change(dataset_confusion, c["role"], c["confusion"], api_name="dataset_confusion")
+    c["cell_btn"].click(dataset_cell, [c["role"], c["true"], c["pred"]], c["cell"],
+                        api_name="dataset_cell")
+    c["cell"].select(dataset_pick, None, c["path"], api_name="dataset_pick_cell", **hidden)
+    c["suspicious"].select(dataset_pick, None, c["path"], api_name="dataset_pick_suspicious",
+                           **hidden)
+    c["open"].click(dataset_open, c["path"], [clip, c["player"]], api_name="dataset_open") \
+        .success(predict, clip, pred_out, api_name="dataset_predict", **hidden) \
+        .success(explain, explain_in, explain_out, api_name="dataset_explain", **hidden) \
+        .success(dataset_neighbours, [clip, c["kind"]], c["neighbours"],
+                 api_name="dataset_open_neighbours", **hidden)
+    c["kind"].change(dataset_neighbours, [clip, c["kind"]], c["neighbours"],
+                     api_name="dataset_neighbours")
+
+
 # ---------------------------------------------------------------------------- layout
 def build_demo() -> gr.Blocks:
     """The page. Nothing heavy happens here: models load on the first request or warm-up."""
@@ -704,6 +859,8 @@ def build_demo() -> gr.Blocks:
                 scores = gr.Dataframe(headers=["model", "space", "ARI", "HS"], label="Cluster scores",
                                       interactive=False)
                 embed_md = gr.Markdown()
+            with gr.Tab("Dataset", id="dataset"):
+                dataset = dataset_tab()
             with gr.Tab("Teach", id="teach"):
                 teach = teach_tab()
             with gr.Tab("Ablations", id="ablations"):
@@ -742,6 +899,7 @@ def build_demo() -> gr.Blocks:
                       layer, method_pick, frames, explain_out)
         models.change(switch_models, models, [models_md, target], api_name="models")
         wire_teach(teach, models, target, models_md)
+        wire_dataset(dataset, clip, pred_out, explain_in, explain_out)
         demo.load(page_models, None, [models, models_md], api_name="page_models", **hidden)
         demo.load(None, None, None, js=TIMELINE_CLICK_JS)  # the timeline's click relay
         demo.load(ablations, None, [abl_table, abl_plot, abl_md], api_name="page_ablations", **hidden)
