@@ -1,8 +1,10 @@
 """MMT Workbench: `python app.py` serves the Gradio page on http://127.0.0.1:7860.
 
 --models DIR opens your own model set (a `mmt compare` run, a taught folder, a checkpoint
-folder) instead of the shipped demo; its reference and example clips come from --data MANIFEST
-(default: the manifest its fused model was trained on), split --split (default test).
+folder), named by its folder in the Models switch beside the shipped demo; several --models open
+several. Its reference and example clips come from --data MANIFEST (one for all sets, or one per
+--models in order; default: the manifest its fused model was trained on), split --split
+(default test).
 --host / --port (or GRADIO_SERVER_NAME / GRADIO_SERVER_PORT) choose the address; MMT_CHECKPOINTS,
 MMT_CACHE_DIR, MMT_APP_MAX_SECONDS and MMT_APP_MAX_MB the demo models, cache and upload limits;
 MMT_APP_WARMUP the projections fitted at start (default "umap"; "none" for none);
@@ -35,36 +37,50 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "every network interface)")
     p.add_argument("--port", type=port, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
                    help="port (default 7860)")
-    p.add_argument("--models", default=os.environ.get("MMT_MODELS"),
-                   help="a model set folder (default: the shipped checkpoints/ on built-in data)")
-    p.add_argument("--data", default=os.environ.get("MMT_DATA"),
-                   help="with --models: the manifest or folder of the set's clips")
+    p.add_argument("--models", action="append",
+                   help="a model set folder (repeat for several; the shipped demo on built-in "
+                        "data is always there too)")
+    p.add_argument("--data", action="append",
+                   help="with --models: the manifest or folder of the set's clips (once for "
+                        "every set, or once per --models)")
     p.add_argument("--split", default=os.environ.get("MMT_SPLIT", "test"),
                    help="with --models: the split of --data the reference clips come from")
     args = p.parse_args(argv)
+    args.models = args.models or env_list("MMT_MODELS")  # the flags, else the environment's
+    args.data = args.data or env_list("MMT_DATA")
     if args.data and not args.models:
         p.error("--data goes with --models")
+    if len(args.data) not in (0, 1, len(args.models)):
+        p.error(f"give one --data for every --models, or one for all ({len(args.models)} "
+                f"--models, {len(args.data)} --data)")
     return args
+
+
+def env_list(name: str) -> list[str]:
+    """An os.pathsep-separated list from the environment (MMT_MODELS=a:b)."""
+    return [v for v in os.environ.get(name, "").split(os.pathsep) if v]
 
 
 def check_model_set(args) -> None:
     """A bad --models / --data stops at once with one line (exit 2), before the page is up;
-    MMT_MODELS / MMT_DATA / MMT_SPLIT carry the choice to the workbench."""
+    MMT_MODELS / MMT_DATA / MMT_SPLIT (os.pathsep-separated) carry the choice to the
+    workbench."""
     from mmt_core.errors import UserError
     from mmt_core.model_set import open_model_set
 
+    data = args.data if len(args.data) == len(args.models) else args.data * len(args.models)
     try:
-        ms = open_model_set(args.models)
-        if args.data or ms.manifest:
-            from mmt_core.analysis import split_records
+        for models, manifest in zip(args.models, data or [None] * len(args.models)):
+            ms = open_model_set(models)
+            if manifest or ms.manifest:
+                from mmt_core.analysis import split_records
 
-            split_records(ms, args.data or ms.manifest, args.split)
+                split_records(ms, manifest or ms.manifest, args.split)
     except UserError as e:
         print(f"python app.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    os.environ["MMT_MODELS"] = str(args.models)
-    if args.data:
-        os.environ["MMT_DATA"] = str(args.data)
+    os.environ["MMT_MODELS"] = os.pathsep.join(map(str, args.models))
+    os.environ["MMT_DATA"] = os.pathsep.join(map(str, args.data))
     os.environ["MMT_SPLIT"] = args.split
 
 

@@ -140,6 +140,43 @@ def test_workbench_opens_a_compare_run(own_run, tmp_path):
         assert len(emb["figures"]) == 3 and emb["reference_clips"] == 18
 
 
+def test_several_model_sets_beside_the_demo(own_run, tmp_path):
+    """Two --models folders: named by folder ("mmt/best" for a run's link), the first active,
+    the demo still there; switching changes the classes."""
+    from workbench.service import Workbench
+    from wb_helpers import one_torch_thread
+
+    with one_torch_thread():
+        wb = Workbench(models=[own_run, own_run / "mmt" / "best"],
+                       data=[own_run / "manifest.csv"], cache_dir=tmp_path / "c")
+        assert wb.set_names() == ["demo", own_run.name, "mmt/best", "taught"]
+        assert wb.active == own_run.name and wb.class_names == CLASSES
+        wb.use("mmt/best")
+        assert set(wb.models) == {"mmt"} and wb.class_names == CLASSES
+        wb.use("demo")
+        assert wb.class_names[0] == "ball_bell" and "cat" not in wb.class_names
+        with pytest.raises(UserError, match="unknown model set 'nope'"):
+            wb.use("nope")
+    with pytest.raises(UserError, match="one --data for every --models"):
+        Workbench(models=[own_run, own_run], data=["a.csv", "b.csv", "c.csv"])
+    assert Workbench(models=[own_run, own_run]).set_names()[1:3] == [own_run.name,
+                                                                    f"{own_run.name} (2)"]
+
+
+def test_app_checks_every_models_flag(own_run, tmp_path):
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "app.py", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    r = run("--models", str(own_run), "--models", "a", "--data", "x", "--data", "y",
+            "--data", "z")
+    assert r.returncode == 2 and "one --data for every --models" in r.stderr
+    r = run("--models", str(own_run), "--models", str(tmp_path))  # the second has no checkpoint
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert f"{tmp_path}: no checkpoint found" in r.stderr
+
+
 def test_workbench_opens_a_set_with_only_a_fused_model(own_run, tmp_path):
     from workbench.service import Workbench
     from wb_helpers import one_torch_thread

@@ -6,11 +6,13 @@ synthetic test split, generated once into the cache dir), each model's reference
 projections (workbench.embeddings), and the last few prepared clips, so the Predict, Explain and
 Embeddings results of one upload decode and run the models once.
 
-Two model sets: "demo" (checkpoints/, or the model set given as `python app.py --models DIR`:
-a compare run, a taught folder, any folder mmt_core.model_set opens, its reference clips then
-from `--data` / the manifest its fused model records) and "taught" (CACHE/teach/taught/, written
-by the Teach tab or /teach, or restored from a zip). `use(name)` switches the server-wide active set that
-every tab and endpoint answers with; one teach run at a time trains in a background thread.
+Model sets (`Workbench.sets`, name → ModelSetEntry): "demo" (checkpoints/ on the built-in
+data), one per `python app.py --models DIR` named by its folder (a compare run, a taught folder,
+any folder mmt_core.model_set opens; its reference clips from `--data` / the manifest its fused
+model records), and "taught" (CACHE/teach/taught/, written by the Teach tab or /teach, or
+restored from a zip). `use(name)` switches the server-wide active set that every tab and
+endpoint answers with (the first --models set at start, else "demo"); one teach run at a time
+trains in a background thread.
 """
 from __future__ import annotations
 
@@ -57,22 +59,58 @@ def drop_earlier_weights(table: dict, name: str, weights: str) -> dict:
     return {k: v for k, v in table.items() if v.get("model") != name or k.startswith(weights + "/")}
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSetEntry:
+    """One model set the app can switch to."""
+    root: Path  # the folder it opens from (mmt_core.model_set layouts)
+    kind: str = "models"  # "demo" | "taught" (the three demo-named checkpoints) | "models"
+    data: Path | None = None  # --data: its clips' manifest (None: the one its model records)
+    split: str = "test"  # the split of data its reference and dataset clips come from
+
+
+def _env_list(name: str) -> list[str]:
+    """An os.pathsep-separated list in an environment variable (app.py writes them)."""
+    return [v for v in os.environ.get(name, "").split(os.pathsep) if v]
+
+
+def set_name(folder: Path, taken) -> str:
+    """A model set's name in the Models switch: its folder's name (a run's best/last/step-*
+    link: with its parent's, "mmt/best"), made unique with " (2)", " (3)", ..."""
+    folder = Path(folder)
+    name = folder.name
+    if name in ("best", "last") or name.startswith("step-"):
+        name = f"{folder.parent.name}/{name}"
+    out, k = name, 2
+    while out in taken:
+        out, k = f"{name} ({k})", k + 1
+    return out
+
+
+def model_set_entries(checkpoints: Path, taught: Path, models, data, split: str = "test"
+                      ) -> dict[str, ModelSetEntry]:
+    """name → ModelSetEntry: "demo", each of `models` (folders) by its folder name, "taught".
+    `data`: none, one manifest for every folder, or one per folder (in order)."""
+    models, data = [Path(m) for m in models or []], [Path(d) for d in data or []]
+    if len(data) not in (0, 1, len(models)):
+        raise UserError(f"give one --data for every --models folder, or one for all "
+                        f"({len(models)} --models, {len(data)} --data)")
+    out = {"demo": ModelSetEntry(Path(checkpoints), "demo")}
+    for i, m in enumerate(models):
+        d = data[i] if len(data) == len(models) else (data[0] if data else None)
+        out[set_name(m, [*out, "taught"])] = ModelSetEntry(m, "models", d, split)
+    out["taught"] = ModelSetEntry(Path(taught), "taught")
+    return out
+
+
 class Workbench:
     """The app's state. Thread-safe: one lock around loading, one around model work."""
 
     def __init__(self, *, checkpoints: str | Path | None = None, cache_dir: str | Path | None = None,
                  max_seconds: float | None = None, max_mb: float | None = None,
                  reference_clips_per_class: int = 10, seed: int = 0,
-                 models: str | Path | None = None, data: str | Path | None = None,
-                 split: str | None = None):
+                 models=None, data=None, split: str | None = None):
         env = os.environ.get
         self.checkpoints = Path(checkpoints or env("MMT_CHECKPOINTS", REPO / "checkpoints"))
-        # `app.py --models DIR [--data M] [--split S]`: the model set in the "demo" slot and the
-        # data its reference clips come from (None: checkpoints/ on the built-in data).
-        models = models or env("MMT_MODELS")
-        self.models_dir = Path(models) if models else None
-        self.data = data or env("MMT_DATA") or None
-        self.split = split or env("MMT_SPLIT") or "test"
         # reference clips of a --models set: a stratified sample of at most this many
         self.reference_max = int(env("MMT_APP_REF_MAX", "2000"))
         self.cache_dir = Path(cache_dir or env("MMT_CACHE_DIR", REPO / ".cache" / "workbench"))
@@ -83,8 +121,17 @@ class Workbench:
                                                             reference_clips_per_class))
         self.seed = seed
         self._lock = threading.RLock()
-        self.active = "demo"  # the model set every tab and endpoint uses: "demo" | "taught"
-        self._sets: dict[str, dict[str, LoadedModel]] = {}  # loaded model sets
+        self.teach_dir = self.cache_dir / "teach"
+        # The set registry, name → ModelSetEntry: "demo" (checkpoints/ on the built-in data),
+        # each `app.py --models DIR` by its folder name, and "taught" (the Teach tab's).
+        listed = lambda v: [v] if isinstance(v, (str, Path)) else v  # noqa: E731
+        self.sets = model_set_entries(self.checkpoints, self.teach_dir / "taught",
+                                      listed(models) if models else _env_list("MMT_MODELS"),
+                                      listed(data) if data else _env_list("MMT_DATA"),
+                                      split or env("MMT_SPLIT") or "test")
+        # the model set every tab and endpoint uses: the first --models set, else "demo"
+        self.active = next((n for n, e in self.sets.items() if e.kind == "models"), "demo")
+        self._sets: dict[str, dict[str, LoadedModel]] = {}  # name → its loaded models
         self._explorers: dict[tuple, emb.ReferenceEmbeddings] = {}
         self._records: dict[str, list] = {}
         self._ood: dict[str, dict | None] = {}  # checkpoint dir -> ood reference
@@ -93,48 +140,51 @@ class Workbench:
         self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
         self._datasets: dict[str, object] = {}  # model set -> analysis.Evaluation of its data
         self._dataset_hashes: dict[str, dict] = {}  # model set -> {sha256 of a clip: index}
-        self.teach_dir = self.cache_dir / "teach"
+        self._sidecars: dict[str, dict] = {}  # model set -> {sha256 of an example: sidecar}
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
         self.job: teaching.TeachJob | None = None
 
     # ------------------------------------------------------------------ loading
     @property
     def taught_dir(self) -> Path:
-        return self.teach_dir / "taught"
+        return self.sets["taught"].root
 
     def has_taught(self) -> bool:
         return all((self.taught_dir / n / "model.safetensors").is_file()
                    for n in DEMO_MODELS.values())
 
+    def set_names(self) -> list[str]:
+        """The model sets the Models switch offers, in the registry's order."""
+        return list(self.sets)
+
     def use(self, name: str) -> str:
-        """Make `name` ("demo" | "taught") the model set every tab and endpoint answers with."""
-        if name not in ("demo", "taught"):
-            raise UserError(f"unknown model set {name!r}; choose demo or taught")
+        """Make `name` (a key of `sets`) the model set every tab and endpoint answers with."""
+        if name not in self.sets:
+            raise UserError(f"unknown model set {name!r}; choose one of {', '.join(self.sets)}")
         if name == "taught" and not self.has_taught():
             raise UserError("no taught models yet: teach some classes first (Teach tab)")
         with self._lock:
             self.active = name
         return name
 
-    def _set_root(self, name: str) -> Path:
-        if name == "demo":
-            return self.models_dir or self.checkpoints
-        return self.taught_dir
+    @property
+    def entry(self) -> ModelSetEntry:
+        """The active set's registry entry."""
+        return self.sets[self.active]
 
     @property
     def models(self) -> dict[str, LoadedModel]:
         with self._lock:
-            name = self.active
-            if name == "demo" and self.models_dir is not None and name not in self._sets:
-                self._sets[name] = load_model_set(self.models_dir)
+            name, e = self.active, self.entry
+            if name not in self._sets and e.kind == "models":
+                self._sets[name] = load_model_set(e.root)
             if name not in self._sets:
-                root = self._set_root(name)
-                missing = [n for n in DEMO_MODELS.values() if not (root / n).is_dir()]
+                missing = [n for n in DEMO_MODELS.values() if not (e.root / n).is_dir()]
                 if missing:
-                    raise UserError(f"{name} checkpoints missing under {root}: "
+                    raise UserError(f"{name} checkpoints missing under {e.root}: "
                                     f"{', '.join(missing)} (train them with `make demo` or "
                                     f"set MMT_CHECKPOINTS)")
-                self._sets[name] = load_models(root)
+                self._sets[name] = load_models(e.root)
             return self._sets[name]
 
     def _forget(self, name: str) -> None:
@@ -159,21 +209,23 @@ class Workbench:
     def examples(self) -> list[Path]:
         """One clip per class: from the set's data for a --models set with data, else built-in
         (generated on first use into cache_dir/examples)."""
-        if self.active == "demo" and self._set_data() is not None:
+        if self._set_data() is not None:
             return self._set_examples()
         return self._synthetic("examples", 1, EXAMPLES_SEED)
 
     # ---- a --models set's data: reference and example clips
     def _set_data(self) -> Path | None:
         """The manifest a --models set's clips come from: --data, else the one its fused model
-        records (when it is here); None for checkpoints/ (the built-in data)."""
-        if self.models_dir is None:
+        records (when it is here); None for the demo and taught sets and a --models set with
+        neither (the built-in data)."""
+        e = self.entry
+        if e.kind != "models":
             return None
-        if self.data:
-            return Path(self.data)
+        if e.data:
+            return Path(e.data)
         from mmt_core.model_set import open_model_set
 
-        return open_model_set(self.models_dir).manifest
+        return open_model_set(e.root).manifest
 
     def _set_records(self):
         """The --models set's split (labels in the set's class order), a stratified sample of
@@ -181,8 +233,8 @@ class Workbench:
         from mmt_core.analysis import split_records, stratified_cap
         from mmt_core.model_set import open_model_set
 
-        ms = open_model_set(self.models_dir)
-        records = split_records(ms, self._set_data(), self.split)
+        ms = open_model_set(self.entry.root)
+        records = split_records(ms, self._set_data(), self.entry.split)
         keep = stratified_cap([r.labels[ms.head] for r in records], self.reference_max, self.seed)
         return [records[i] for i in keep]
 
@@ -205,6 +257,8 @@ class Workbench:
             if not dst.is_file():
                 out.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
+                if Path(src).with_suffix(".json").is_file():  # its boxes, for Explain
+                    shutil.copyfile(Path(src).with_suffix(".json"), dst.with_suffix(".json"))
             paths.append(dst)
         return paths
 
@@ -224,10 +278,10 @@ class Workbench:
             side = p.with_suffix(".json")
         else:
             with self._lock:
-                if not hasattr(self, "_sidecars"):
-                    self._sidecars = {emb.file_hash(c): c.with_suffix(".json")
-                                      for c in self.examples()}
-            side = self._sidecars.get(emb.file_hash(p))
+                if self.active not in self._sidecars:
+                    self._sidecars[self.active] = {emb.file_hash(c): c.with_suffix(".json")
+                                                   for c in self.examples()}
+            side = self._sidecars[self.active].get(emb.file_hash(p))
         if side is None or not side.is_file():
             return None
         d = _json.loads(side.read_text())
@@ -238,12 +292,12 @@ class Workbench:
         test split (clips_per_class per class) for the demo models, the taught clips for the
         taught ones."""
         with self._lock:
-            if self.active == "taught" and "taught" not in self._records:
-                self._records["taught"] = self._taught_records()
-            if self.active == "demo" and "demo" not in self._records and \
-                    self._set_data() is not None:
-                self._records["demo"] = self._set_records()
-            if self.active == "demo" and "demo" not in self._records:
+            name = self.active
+            if name == "taught" and name not in self._records:
+                self._records[name] = self._taught_records()
+            if name not in self._records and self._set_data() is not None:
+                self._records[name] = self._set_records()
+            if name not in self._records:
                 from mmt_core.data.manifests import read_manifest
 
                 paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
@@ -253,10 +307,10 @@ class Workbench:
                     raise UserError("these models were not trained on the built-in classes and "
                                     "know no data of their own: give app.py --data MANIFEST")
                 keep = {str(p) for p in paths}
-                self._records["demo"] = [
+                self._records[name] = [
                     dataclasses.replace(r, labels={"label": order.index(names[r.labels["label"]])})
                     for r in man.records if r.path in keep]
-            return self._records[self.active]
+            return self._records[name]
 
     def _taught_records(self):
         """The clips the taught models were trained and validated on (that still exist)."""
@@ -604,16 +658,16 @@ class Workbench:
         if self.active == "taught":
             return "taught clips"
         if self._set_data() is not None:
-            return f"clips of {self._set_data()} (split {self.split})"
+            return f"clips of {self._set_data()} (split {self.entry.split})"
         return "built-in test clips"
 
     # ------------------------------------------------------------------ dataset analysis
     def dataset_source(self) -> tuple[Path, str]:
         """(manifest, split) the Dataset tab evaluates the active set on: a --models set's data;
         the built-in reference split for the demo; the taught clips' validation split."""
-        if self.active == "demo" and self._set_data() is not None:
-            return self._set_data(), self.split
-        if self.active == "demo":
+        if self._set_data() is not None:
+            return self._set_data(), self.entry.split
+        if self.active != "taught":
             paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
             return paths[0].parent.parent / "manifest.csv", "test"
         manifest = Path(self.models["mmt"].meta["data"].get("manifest") or "")
@@ -634,7 +688,7 @@ class Workbench:
                 manifest, split = self.dataset_source()
                 cfg = AnalysisConfig(max_clips=self.reference_max, num_workers=0,
                                      cache_dir=str(self.cache_dir / "analysis"))
-                self._datasets[name] = evaluate_set(open_model_set(self._set_root(name)),
+                self._datasets[name] = evaluate_set(open_model_set(self.entry.root),
                                                     manifest, split, cfg)
             return self._datasets[name]
 

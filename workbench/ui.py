@@ -647,9 +647,21 @@ def _click_to_start(x, clip):
 def page_models():
     wb = get_workbench()
     try:
-        return gr.update(value=wb.active), _models_md(wb)
+        return gr.update(choices=wb.set_names(), value=wb.active), _models_md(wb)
     except UserError as e:
-        return gr.update(), str(e)
+        return gr.update(choices=wb.set_names()), str(e)
+
+
+@_user_errors
+def models_changed():
+    """After a switch: the new set's example clips, and the Dataset tab emptied (its tables
+    were the previous set's) with the new classes in its cell pickers."""
+    wb = get_workbench()
+    examples, _ = page_load()
+    classes = wb.class_names
+    md = f"Models: **{wb.active}**. Press *Evaluate* to analyse its data."
+    return (examples, md, None, None, None, gr.update(choices=classes, value=classes[0]),
+            gr.update(choices=classes, value=classes[0]), None, None, None)
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -816,7 +828,8 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=1):
                 example = gr.Dropdown(label="…or a built-in example clip", choices=[],
                                       elem_id="example")
-                models = gr.Radio(["demo", "taught"], value="demo", elem_id="models",
+                wb = get_workbench()  # no models load here: the set names only
+                models = gr.Radio(wb.set_names(), value=wb.active, elem_id="models",
                                   label="Models (for every tab and user of this server)")
                 models_md = gr.Markdown(elem_id="models-md")
                 status = gr.Markdown(elem_id="status")
@@ -897,7 +910,12 @@ def build_demo() -> gr.Blocks:
         demo.load(page_load, None, [example, target], api_name="page_load", **hidden)
         wire_timeline(clip, tl_plot, tl_slider, tl_md, tl_click, tl_jump, target,
                       layer, method_pick, frames, explain_out)
-        models.change(switch_models, models, [models_md, target], api_name="models")
+        models.change(switch_models, models, [models_md, target], api_name="models") \
+            .success(models_changed, None,
+                     [example, *(dataset[k] for k in ("md", "acc", "per_class", "confusion",
+                                                     "true", "pred", "cell", "suspicious",
+                                                     "neighbours"))],
+                     api_name="models_changed", **hidden)
         wire_teach(teach, models, target, models_md)
         wire_dataset(dataset, clip, pred_out, explain_in, explain_out)
         demo.load(page_models, None, [models, models_md], api_name="page_models", **hidden)
