@@ -193,6 +193,30 @@ def test_workbench_opens_a_set_with_only_a_fused_model(own_run, tmp_path):
         assert set(out["overlays"]) == {"mmt"}
 
 
+def test_ood_reference_and_pointing_game_come_from_the_sets_clips(own_run, tmp_path):
+    """A --models set with data: the "unlike the training data" reference is fitted on its
+    clips and cached by (weights, manifest, split); the pointing game runs on its clips that
+    have box sidecars (the built-in clips here)."""
+    from mmt_core import ood
+    from workbench.service import Workbench
+    from wb_helpers import one_torch_thread
+
+    with one_torch_thread():
+        wb = Workbench(models=own_run, cache_dir=tmp_path / "c")
+        clip = wb.examples()[0]
+        assert clip.with_suffix(".json").is_file()  # the example keeps its boxes
+        assert wb.predict(clip)["ood"] is not None
+        files = list((tmp_path / "c" / "ood").glob(f"*/{ood.OOD_FILE}"))
+        assert len(files) == 1 and ood.load(files[0].parent)["n"] == 18
+        assert str(own_run / "manifest.csv") in ood.load(files[0].parent)["source"]
+        again = Workbench(models=own_run, cache_dir=tmp_path / "c").ood_reference()
+        assert again["n"] == 18 and len(list((tmp_path / "c" / "ood").iterdir())) == 1
+        assert len(wb.pointing_records()) == 15  # 5 of each class (all 18 clips have boxes)
+        out = wb.explain(clip, method="gradcam")
+        assert "manifest.csv" in out["pointing_source"]
+        assert out["pointing"]["mmt"]["clips"] == 15 and out["boxes"] is not None
+
+
 def test_workbench_refuses_a_set_without_a_fused_model(own_run, tmp_path):
     from workbench.service import Workbench
 

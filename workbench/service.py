@@ -113,6 +113,9 @@ class Workbench:
         self.checkpoints = Path(checkpoints or env("MMT_CHECKPOINTS", REPO / "checkpoints"))
         # reference clips of a --models set: a stratified sample of at most this many
         self.reference_max = int(env("MMT_APP_REF_MAX", "2000"))
+        # the OOD reference of a --models set: at most this many clips of its data (the
+        # shipped demo's is fitted on 300)
+        self.ood_max = int(env("MMT_APP_OOD_MAX", "300"))
         self.cache_dir = Path(cache_dir or env("MMT_CACHE_DIR", REPO / ".cache" / "workbench"))
         # A 10 s clip is the expected case; a minute is plenty for one window of any model.
         self.max_seconds = max_seconds or _env_float("MMT_APP_MAX_SECONDS", 60.0)
@@ -134,7 +137,7 @@ class Workbench:
         self._sets: dict[str, dict[str, LoadedModel]] = {}  # name → its loaded models
         self._explorers: dict[tuple, emb.ReferenceEmbeddings] = {}
         self._records: dict[str, list] = {}
-        self._ood: dict[str, dict | None] = {}  # checkpoint dir -> ood reference
+        self._ood: dict[tuple, dict | None] = {}  # (model set, checkpoint dir) -> ood reference
         # (model set, sha256 of the file, window start) -> (Prepared, results)
         self._prepared: OrderedDict = OrderedDict()
         self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
@@ -362,6 +365,8 @@ class Workbench:
         timings["examples_s"] = time.perf_counter() - t0
         self.reference_records()
         timings["reference_clips_s"] = time.perf_counter() - t0
+        self._ood[(self.active, str(self.models["mmt"].dir))] = self.ood_reference()
+        timings["ood_reference_s"] = time.perf_counter() - t0
         for method in methods:
             self.embed(clip, method=method)
         timings["embeddings_s"] = time.perf_counter() - t0
@@ -429,9 +434,9 @@ class Workbench:
         from mmt_core import ood
 
         m, r = models["mmt"], results["mmt"]
-        key = str(m.dir)
+        key = (self.active, str(m.dir))
         if key not in self._ood:
-            self._ood[key] = ood.load(m.dir)
+            self._ood[key] = self.ood_reference()
         if self._ood[key] is None or r["output"] is None:
             return
         res = ood.score({k: v[0] for k, v in ood.embeddings_of(r["output"]).items()},
@@ -443,6 +448,40 @@ class Workbench:
                 f"from the {self.active} models' reference clips (k-NN distance "
                 f"{res['score']:.2f}) than 99 % of those clips are from each other "
                 f"({res['threshold']:.2f}); the predictions below may be meaningless.")
+
+    def ood_reference(self) -> dict | None:
+        """The active MMT's "unlike the training data" reference (mmt_core.ood). A --models set
+        with data: fitted once on that data's train split (else its --split), a stratified
+        sample of at most ood_max clips, cached as cache_dir/ood/KEY/ood.safetensors with KEY
+        from (the set's weights hash, the manifest's hash, the split). Otherwise the
+        checkpoint's own ood.safetensors (None when it has none)."""
+        import hashlib
+        import sys
+
+        from mmt_core import ood
+        from mmt_core.analysis import split_records, stratified_cap
+        from mmt_core.model_set import open_model_set
+
+        m, manifest = self.models["mmt"], self._set_data()
+        if manifest is None:
+            return ood.load(m.dir)
+        ms = open_model_set(self.entry.root)
+        try:
+            split, records = "train", split_records(ms, manifest, "train")
+        except UserError:  # no train split here: the split the set shows
+            split, records = self.entry.split, split_records(ms, manifest, self.entry.split)
+        key = hashlib.sha256(repr((ms.weights_hash(), emb.file_hash(manifest), split,
+                                   self.ood_max)).encode()).hexdigest()[:16]
+        out = self.cache_dir / "ood" / key
+        if not (out / ood.OOD_FILE).is_file():
+            keep = stratified_cap([r.labels[ms.head] for r in records], self.ood_max, self.seed)
+            paths = [records[i].path for i in keep]
+            print(f"fitting the 'unlike the training data' reference on {len(paths)} clips of "
+                  f"{manifest} (split {split})...", file=sys.stderr, flush=True)
+            out.mkdir(parents=True, exist_ok=True)
+            ood.build(out, paths, source=f"{manifest} (split {split})", model=m.model,
+                      meta=m.meta)
+        return ood.load(out)
 
     def predict(self, path, topk: int = 5) -> dict:
         """{"probs": {role: {label: prob} or None}, "frames", "fbank", "notes", "timing"}."""
@@ -559,25 +598,65 @@ class Workbench:
                     out.setdefault("audio_cams", {})[role] = res["audio"]
         out["fbank"] = prep.fbank.numpy()
         out["seconds_per_frame"] = 0.01  # kaldi fbank 10 ms shift
-        out["pointing"] = {role: self.pointing_scores(role, method, block, compute=False)
+        # a set's own clips with boxes: scored once here (not occlusion: minutes); the demo's
+        # scores are precomputed (scripts/precompute_pointing.py)
+        own = self._set_data() is not None
+        have = not own or bool(self.pointing_records())
+        out["pointing"] = {role: self.pointing_scores(role, method, block, compute=own and have
+                                                      and method != "occlusion") if have else None
                            for role in ("mmt", "video") if role in out["targets"]}
+        out["pointing_source"] = self.pointing_source() if have else None
         return out
 
     def pointing_records(self):
-        """The clips the app scores explainers on: the first POINTING_CLIPS_PER_CLASS clips of
-        each class of the built-in test split (seed REFERENCE_SEED)."""
+        """The clips the app scores explainers on. A --models set with data: the first
+        POINTING_CLIPS_PER_CLASS clips of each class among its reference clips whose sidecar
+        (NAME.json beside the clip) has boxes (none: no pointing game). Otherwise the first
+        POINTING_CLIPS_PER_CLASS clips of each class of the built-in test split (seed
+        REFERENCE_SEED)."""
+        if self._set_data() is not None:
+            from mmt_core.data.synthetic import load_sidecar
+
+            per_class: dict[int, int] = {}
+            out = []
+            for r in self.reference_records():
+                label = r.labels["label"]
+                if per_class.get(label, 0) >= POINTING_CLIPS_PER_CLASS:
+                    continue
+                try:
+                    load_sidecar(r.path)
+                except UserError:  # no sidecar, or one without boxes
+                    continue
+                per_class[label] = per_class.get(label, 0) + 1
+                out.append(r)
+            return out
         paths = {str(p) for p in self._synthetic("test", POINTING_CLIPS_PER_CLASS, REFERENCE_SEED)}
         return [r for r in self.reference_records() if r.path in paths]
 
+    def pointing_source(self) -> str:
+        """The clips of the pointing game, in words."""
+        if self._set_data() is not None:
+            return (f"clips of {self._set_data()} (split {self.entry.split}) with boxes, at most "
+                    f"{POINTING_CLIPS_PER_CLASS} per class")
+        return (f"built-in test split (mmt synth --seed {REFERENCE_SEED} --split test), first "
+                f"{POINTING_CLIPS_PER_CLASS} clips per class")
+
     def pointing_key(self, role: str, method: str, block=CAM_BLOCKS) -> str:
         """checkpoint weights hash / method and its version (`method_key`) / block(s) ("any"
-        where the map does not depend on them): the key of a pointing-score table entry."""
+        where the map does not depend on them) / clips: the key of a pointing-score table
+        entry. The built-in clips are "5perclass"; a set's own clips add a hash of their paths."""
+        import hashlib
+
         from mmt_core.checkpoint import WEIGHTS
         from mmt_core.explain import block_key, method_key
 
         weights = emb.file_hash(self.models[role].dir / WEIGHTS)[:16]
-        return (f"{weights}/{method_key(method)}/block{block_key(method, block)}/"
-                f"{POINTING_CLIPS_PER_CLASS}perclass")
+        key = (f"{weights}/{method_key(method)}/block{block_key(method, block)}/"
+               f"{POINTING_CLIPS_PER_CLASS}perclass")
+        if self._set_data() is not None:
+            paths = [r.path for r in self.pointing_records()]
+            key += "/" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+        return key
 
     def compute_pointing(self, role: str, method: str, block=CAM_BLOCKS) -> dict:
         """The pointing game of `method` for one demo model on `pointing_records()`."""
@@ -589,14 +668,13 @@ class Workbench:
                                 block=block, progress=False)
         res = out["pointing"][method]
         res["seconds_per_clip"] = out["pointing_seconds"][method]
-        res["clip_set"] = (f"built-in test split (mmt synth --seed {REFERENCE_SEED} --split "
-                           f"test), first {POINTING_CLIPS_PER_CLASS} clips per class")
+        res["clip_set"] = self.pointing_source()
         return res
 
     def pointing_scores(self, role: str, method: str, block=CAM_BLOCKS, *,
                         compute: bool = True) -> dict | None:
-        """The pointing game of `method` for one demo model on the built-in test clips
-        (`pointing_records`): {"accuracy", "energy", "centre_baseline", "random_baseline",
+        """The pointing game of `method` for one model of the active set on
+        `pointing_records()`: {"accuracy", "energy", "centre_baseline", "random_baseline",
         "frames", "clips", ...}. Looked up in checkpoints/pointing.json (precomputed for the
         shipped checkpoints by scripts/precompute_pointing.py), then in the cache dir; both keyed
         by the weights' hash. Otherwise computed once and cached when `compute`, else None."""

@@ -167,7 +167,7 @@ def cam_layer(layer) -> tuple[str, tuple[int, ...]]:
 def explain(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
     """clip, class (or TOP), CAM block, method → MMT and video-only map overlays (the sounding
     object's box drawn on built-in clips), MMT's audio map on the spectrogram, and the method's
-    pointing scores on the built-in test clips."""
+    pointing scores on the set's clips with boxes (else the built-in test clips)."""
     wb = get_workbench()
     where, block = cam_layer(layer)
     method = method or "gradcam"
@@ -189,7 +189,12 @@ def explain(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
         md += " White box: the sounding object."
     if method == "audio_contrast":
         md += " (The video-only model has no sound, so no audio contrast.)"
-    md += "\n\n**Pointing game** on the built-in test clips:\n" + _pointing_md(res["pointing"])
+    if res.get("pointing_source"):
+        md += (f"\n\n**Pointing game** on the {res['pointing_source']}:\n"
+               + _pointing_md(res["pointing"]))
+    else:
+        md += ("\n\n**Pointing game**: none of this set's clips has a box sidecar (NAME.json "
+               "with `boxes` and `frame_times` beside the clip).")
     video = _thumbs(ov["video"]) if "video" in ov else []
     return _thumbs(ov["mmt"]), video, fig, md
 
