@@ -252,6 +252,10 @@ def test_workbench_dataset_analysis_of_a_set(own_run, tmp_path):
         true, pred = divmod(int(conf.argmax()), 3)
         cell = wb.dataset_cell("audio", CLASSES[true], CLASSES[pred])
         assert len(cell) == conf.max() and all(c["label"] == CLASSES[true] for c in cell)
+        from PIL import Image
+
+        thumb = wb.thumbnail(cell[0]["path"])  # the clip's middle frame, small
+        assert thumb.parent == tmp_path / "c" / "thumbs" and max(Image.open(thumb).size) <= 160
         shown = wb.dataset_clip(cell[0]["path"])  # a copy the page may serve
         assert shown.parent == tmp_path / "c" / "dataset_clips"
         near = wb.dataset_neighbours(shown, "cross", k=4)  # found by content
@@ -266,8 +270,9 @@ def test_workbench_dataset_analysis_of_a_set(own_run, tmp_path):
         outside = tmp_path / "new.mp4"
         make_clip(outside, 2, np.random.default_rng(99))
         assert len(wb.dataset_neighbours(outside, "video", k=5)) == 5
-        with pytest.raises(UserError, match="not a clip of the analysed dataset"):
-            wb.dataset_clip(outside)
+        for fn in (wb.dataset_clip, wb.thumbnail):
+            with pytest.raises(UserError, match="not a clip of the analysed dataset"):
+                fn(outside)
 
 
 @pytest.mark.slow

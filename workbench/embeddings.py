@@ -132,8 +132,10 @@ def place_point(x_ref: np.ndarray, coords: np.ndarray, reducer, method: str, x_n
 
 def scatter_figure(coords: np.ndarray, labels: np.ndarray, class_names: list[str],
                    names: list[str], *, point: np.ndarray | None = None, point_name: str = "",
-                   point_label: str = "", title: str = ""):
-    """Plotly scatter coloured by class, hover = clip name; the new point as a big star."""
+                   point_label: str = "", title: str = "", paths: list[str] | None = None):
+    """Plotly scatter coloured by class, hover = clip name; the new point as a big star.
+    `paths` (one per point) go into each point's customdata: the app's click relay opens the
+    clicked clip."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -144,6 +146,7 @@ def scatter_figure(coords: np.ndarray, labels: np.ndarray, class_names: list[str
         fig.add_trace(go.Scatter(
             x=coords[m, 0], y=coords[m, 1], mode="markers", name=cname,
             text=[names[i] for i in np.flatnonzero(m)], marker={"size": 8, "opacity": 0.8},
+            customdata=None if paths is None else [paths[i] for i in np.flatnonzero(m)],
             hovertemplate="%{text}<br>" + cname + "<extra></extra>"))
     if point is not None:
         fig.add_trace(go.Scatter(
@@ -282,8 +285,10 @@ class ReferenceEmbeddings:
         ref = self.reference()
         xy = None if point is None else self.place(space, method, point)
         title = f"{self.checkpoint_dir.name}: {space} embeddings, {method.upper()}"
+        by_stem = {Path(r.path).stem: str(r.path) for r in self.records}  # names are stems
         return scatter_figure(coords, ref["labels"], self.class_names, ref["names"], point=xy,
-                              point_name=point_name, point_label=point_label, title=title)
+                              point_name=point_name, point_label=point_label, title=title,
+                              paths=[by_stem.get(n, "") for n in ref["names"]])
 
 
 def _atomic(path: Path, write) -> None:

@@ -143,6 +143,7 @@ class Workbench:
         self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
         self._datasets: dict[str, object] = {}  # model set -> analysis.Evaluation of its data
         self._dataset_hashes: dict[str, dict] = {}  # model set -> {sha256 of a clip: index}
+        self._dataset_path_sets: dict[str, set] = {}  # model set -> its dataset's clip paths
         self._sidecars: dict[str, dict] = {}  # model set -> {sha256 of an example: sidecar}
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
         self.job: teaching.TeachJob | None = None
@@ -197,6 +198,7 @@ class Workbench:
             self._records.pop(name, None)
             self._datasets.pop(name, None)
             self._dataset_hashes.pop(name, None)
+            self._dataset_path_sets.pop(name, None)
             for key in [k for k in self._explorers if k[0] == name]:
                 del self._explorers[key]
             for key in [k for k in self._prepared if k[0] == name]:
@@ -797,17 +799,58 @@ class Workbench:
     def dataset_clip(self, path) -> Path:
         """A clip of the dataset copied under cache_dir/dataset_clips (the page may only serve
         files from the cache dir), named by its content."""
+        if str(path) not in self._dataset_paths():
+            raise UserError(f"not a clip of the analysed dataset: {path}")
+        return self._served_copy(path)
+
+    def reference_clip(self, path) -> Path:
+        """A reference clip of the Embeddings map (a clicked point), copied like dataset_clip."""
+        if str(path) not in {str(r.path) for r in self.reference_records()}:
+            raise UserError(f"not a reference clip of the {self.active} models: {path}")
+        return self._served_copy(path)
+
+    def _served_copy(self, path) -> Path:
         import shutil
 
-        ev = self.dataset()
-        if str(path) not in ev.paths:
-            raise UserError(f"not a clip of the analysed dataset: {path}")
         src = Path(path)
         dst = self.cache_dir / "dataset_clips" / f"{emb.file_hash(src)[:16]}_{src.name}"
         if not dst.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
+            if src.with_suffix(".json").is_file():  # its boxes, for Explain
+                shutil.copyfile(src.with_suffix(".json"), dst.with_suffix(".json"))
         return dst
+
+    def thumbnail(self, path) -> Path:
+        """The middle frame of a clip of the analysed dataset as a small JPEG (at most 160 px a
+        side) under cache_dir/thumbs, named by the clip's path, size and mtime (made once)."""
+        import hashlib
+
+        from PIL import Image
+
+        from mmt_core.data import media
+
+        if str(path) not in self._dataset_paths():
+            raise UserError(f"not a clip of the analysed dataset: {path}")
+        st = os.stat(path)
+        key = hashlib.sha256(repr((str(path), st.st_size, st.st_mtime_ns)).encode()).hexdigest()
+        out = self.cache_dir / "thumbs" / f"{key[:16]}.jpg"
+        if not out.is_file():
+            duration = media.probe(path).duration
+            # one frame at the centre of the whole clip; audio is skipped
+            frame = media.decode(path, num_frames=1, clip_seconds=duration, audio=False,
+                                 max_side=160, sample_rate=100).frames[0]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.jpg")
+            Image.fromarray(frame).save(tmp, quality=85)
+            os.replace(tmp, out)
+        return out
+
+    def _dataset_paths(self) -> set[str]:
+        """The analysed dataset's clip paths, as a set (membership checks)."""
+        with self._lock:
+            ev = self.dataset()
+            return self._dataset_path_sets.setdefault(self.active, set(ev.paths))
 
     def dataset_neighbours(self, path, kind: str = "fused", k: int = 8) -> list[dict]:
         """The k clips of the dataset nearest a clip (one of the dataset, found by content,

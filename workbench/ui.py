@@ -61,6 +61,41 @@ TIMELINE_CLICK_JS = """() => {
   setInterval(hook, 500);  // each new timeline is a new plot element: hook it once drawn
 }"""
 
+# Click relays of the confusion heatmap and the Embeddings maps (gr.Plot has no click event in
+# this Gradio): a plotly click writes the clicked cell ("label|predicted") or the clicked point's
+# clip path (its customdata) into a hidden textbox and presses a hidden button. Plotly drops its
+# listeners when a figure is redrawn from scratch, so the hook is re-attached whenever the
+# plot's event emitter is a new one.
+PLOT_CLICK_JS = """() => {
+  const relays = [
+    {plots: ['#dataset-confusion'], box: '#confusion-click', go: '#confusion-go',
+     value: (p) => p.y + '|' + p.x},
+    {plots: ['#emb-0', '#emb-1', '#emb-2'], box: '#emb-click', go: '#emb-go',
+     value: (p) => p.customdata || ''},
+  ];
+  const hook = () => {
+    for (const r of relays) {
+      for (const sel of r.plots) {
+        const el = document.querySelector(sel + ' .js-plotly-plot');
+        if (!el || typeof el.on !== 'function') continue;
+        const mark = el._ev || el;
+        if (mark._mmtHooked) continue;
+        mark._mmtHooked = true;
+        el.on('plotly_click', (d) => {
+          const v = d.points.length ? r.value(d.points[0]) : '';
+          const box = document.querySelector(r.box + ' textarea, ' + r.box + ' input');
+          if (!box || !v) return;
+          const set = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(box), 'value').set;
+          set.call(box, String(v));
+          box.dispatchEvent(new Event('input', {bubbles: true}));
+          setTimeout(() => document.querySelector(r.go).click(), 300);
+        });
+      }
+    }
+  };
+  setInterval(hook, 500);
+}"""
+
 
 def _user_errors(fn):
     """UserError → gr.Error with its one-line message; anything else → a short gr.Error."""
@@ -212,7 +247,7 @@ def embed(clip, method, source):
     res = get_workbench().embed(clip, method=method or "umap", source=source or "mmt")
     md = (f"{res['reference_clips']} {res.get('reference_source', 'built-in test clips')}; "
           "ARI / HS of KMeans clusters vs classes "
-          "(paper Table 3), higher is better.")
+          "(paper Table 3), higher is better. Click a point to open its clip.")
     return (*res["figures"], res["scores"], md)
 
 
@@ -278,6 +313,11 @@ def page_load():
     examples = [(p.stem.split("_", 2)[-1].rsplit("_", 1)[0], str(p)) for p in wb.examples()]
     return (gr.update(choices=examples),
             gr.update(choices=[TOP, *wb.class_names], value=TOP))
+
+
+def show_clip(clip):
+    """The current clip (an upload, an example, a dataset clip) in Predict's HTML5 player."""
+    return clip or None
 
 
 def use_example(path):
@@ -671,9 +711,10 @@ def models_changed():
 
 # ---------------------------------------------------------------------------- dataset
 # The Dataset tab: the active model set on its data (workbench.service dataset_*, computed by
-# mmt_core.analysis). A confusion cell is chosen with the two dropdowns (gr.Plot has no click
-# event); a row of the cell or suspicious table puts its clip in the path box, Open plays it and
-# loads it into Predict, Explain and the similar-clips table.
+# mmt_core.analysis). A confusion cell is chosen by clicking the heatmap (PLOT_CLICK_JS relays
+# the click) or with the two dropdowns; a row of the cell or suspicious table puts its clip in
+# the path box, Open plays it and loads it into Predict, Explain and the similar-clips table; a
+# thumbnail above a table does all that in one click.
 MODEL_TITLES = {"mmt": "fused (MMT)", "audio": "audio-only", "video": "video-only", "avg": "Avg"}
 DATASET_HEADERS = {
     "accuracy": ["model", "top-1 (%)", "top-5 (%)"],
@@ -745,6 +786,54 @@ def dataset_pick(evt: gr.SelectData):
 
 
 @_user_errors
+def confusion_click(cell, role):
+    """A clicked heatmap cell ("label|predicted") → the cell pickers and the cell's clips."""
+    true, _, pred = str(cell or "").partition("|")
+    if not true or not pred:
+        raise UserError("no confusion cell clicked")
+    return true, pred, dataset_cell(role, true, pred)
+
+
+@_user_errors
+def embed_click(path):
+    """A clicked point of an Embeddings map → that reference clip as the current clip."""
+    if not path:
+        raise UserError("no clip behind this point")
+    return str(get_workbench().reference_clip(path))
+
+
+GALLERY_MAX = 24  # thumbnails shown above a table (the table lists every clip)
+
+
+@_user_errors
+def table_gallery(table):
+    """A table with a "path" and a "label" column → thumbnails (each clip's middle frame,
+    captioned with its label and what the fused model says) and their clip paths."""
+    import pandas as pd
+
+    if table is None or not isinstance(table, pd.DataFrame) or "path" not in table:
+        return [], []
+    wb = get_workbench()
+    rows = table.head(GALLERY_MAX).to_dict("records")
+    paths = [r["path"] for r in rows if r.get("path")]
+    items = []
+    for r in rows:
+        if not r.get("path"):
+            continue
+        says = r.get("fused says")
+        items.append((str(wb.thumbnail(r["path"])),
+                      f"{r.get('label', '')}" + (f" → {says}" if says else "")))
+    return items, paths
+
+
+def gallery_pick(paths, evt: gr.SelectData):
+    """A clicked thumbnail → its clip's path."""
+    if not paths or evt.index is None or not 0 <= int(evt.index) < len(paths):
+        raise gr.Error("no clip there", print_exception=False)
+    return paths[int(evt.index)]
+
+
+@_user_errors
 def dataset_open(path):
     """A dataset clip → the clip input (then Predict / Explain run) and the player."""
     if not path:
@@ -778,13 +867,20 @@ def dataset_tab() -> dict:
                                       elem_id="dataset-per-class", scale=3)
     c["role"] = gr.Radio([(MODEL_TITLES["mmt"], "mmt")], value="mmt", label="Confusion matrix of",
                          elem_id="dataset-role")
-    c["confusion"] = gr.Plot(elem_id="dataset-confusion")
+    c["confusion"] = gr.Plot(elem_id="dataset-confusion",
+                             label="Confusion matrix (click a cell to list its clips)")
+    c["confusion_click"] = gr.Textbox(visible="hidden", elem_id="confusion-click")
+    c["confusion_go"] = gr.Button("cell", visible="hidden", elem_id="confusion-go")
     with gr.Row():
         c["true"] = gr.Dropdown(label="Label", choices=[], elem_id="dataset-true")
         c["pred"] = gr.Dropdown(label="Predicted", choices=[], elem_id="dataset-pred")
         c["cell_btn"] = gr.Button("Show the clips of this cell", elem_id="dataset-cell-btn")
+    c["cell_gallery"] = _gallery("Clips of the cell (click one to play and open it)",
+                                 "dataset-cell-gallery")
     c["cell"] = gr.Dataframe(headers=DATASET_HEADERS["cell"], interactive=False,
                              label="Clips of the cell (click one)", elem_id="dataset-cell")
+    c["suspicious_gallery"] = _gallery("Suspicious clips, most suspicious first (click one)",
+                                       "dataset-suspicious-gallery")
     c["suspicious"] = gr.Dataframe(headers=DATASET_HEADERS["suspicious"], interactive=False,
                                    label="Suspicious clips: label, sound and picture disagree "
                                          "(click one)", elem_id="dataset-suspicious")
@@ -797,9 +893,18 @@ def dataset_tab() -> dict:
         with gr.Column():
             c["kind"] = gr.Radio(NEIGHBOUR_KINDS, value="fused", label="Similar clips",
                                  elem_id="dataset-kind")
+            c["neighbours_gallery"] = _gallery("Similar clips (click one)",
+                                               "dataset-neighbours-gallery")
             c["neighbours"] = gr.Dataframe(headers=DATASET_HEADERS["neighbours"],
                                            interactive=False, elem_id="dataset-neighbours")
+    for t in ("cell", "suspicious", "neighbours"):  # the clip paths behind each gallery
+        c[f"{t}_paths"] = gr.State([])
     return c
+
+
+def _gallery(label: str, elem_id: str) -> gr.Gallery:
+    return gr.Gallery(label=label, columns=8, height=190, allow_preview=False,
+                      object_fit="contain", elem_id=elem_id)
 
 
 def wire_dataset(c: dict, clip, pred_out, explain_in, explain_out) -> None:
@@ -810,14 +915,33 @@ def wire_dataset(c: dict, clip, pred_out, explain_in, explain_out) -> None:
     c["role"].change(dataset_confusion, c["role"], c["confusion"], api_name="dataset_confusion")
     c["cell_btn"].click(dataset_cell, [c["role"], c["true"], c["pred"]], c["cell"],
                         api_name="dataset_cell")
+    c["confusion_go"].click(confusion_click, [c["confusion_click"], c["role"]],
+                            [c["true"], c["pred"], c["cell"]], api_name="confusion_click",
+                            **hidden)
     c["cell"].select(dataset_pick, None, c["path"], api_name="dataset_pick_cell", **hidden)
     c["suspicious"].select(dataset_pick, None, c["path"], api_name="dataset_pick_suspicious",
                            **hidden)
+    def open_chain(event, name: str):
+        """Play the clip in the path box and run Predict, Explain and Similar clips on it."""
+        return event.success(dataset_open, c["path"], [clip, c["player"]],
+                             api_name=f"{name}_open", **hidden) \
+            .success(predict, clip, pred_out, api_name=f"{name}_predict", **hidden) \
+            .success(explain, explain_in, explain_out, api_name=f"{name}_explain", **hidden) \
+            .success(dataset_neighbours, [clip, c["kind"]], c["neighbours"],
+                     api_name=f"{name}_neighbours", **hidden)
+
     c["open"].click(dataset_open, c["path"], [clip, c["player"]], api_name="dataset_open") \
         .success(predict, clip, pred_out, api_name="dataset_predict", **hidden) \
         .success(explain, explain_in, explain_out, api_name="dataset_explain", **hidden) \
         .success(dataset_neighbours, [clip, c["kind"]], c["neighbours"],
                  api_name="dataset_open_neighbours", **hidden)
+    for t in ("cell", "suspicious", "neighbours"):
+        # each table's clips as thumbnails; a click on one plays it and opens it everywhere
+        c[t].change(table_gallery, c[t], [c[f"{t}_gallery"], c[f"{t}_paths"]],
+                    api_name=f"dataset_{t}_gallery", **hidden)
+        open_chain(c[f"{t}_gallery"].select(gallery_pick, c[f"{t}_paths"], c["path"],
+                                            api_name=f"dataset_{t}_pick", **hidden),
+                   f"dataset_{t}_thumb")
     c["kind"].change(dataset_neighbours, [clip, c["kind"]], c["neighbours"],
                      api_name="dataset_neighbours")
 
@@ -840,6 +964,8 @@ def build_demo() -> gr.Blocks:
                 status = gr.Markdown(elem_id="status")
         with gr.Tabs():
             with gr.Tab("Predict", id="predict"):
+                player = gr.Video(label="Your clip", interactive=False, height=240,
+                                  elem_id="pred-player")
                 with gr.Row():
                     labels = [gr.Label(num_top_classes=5, label=ROLE_TITLES[r], elem_id=f"pred-{r}")
                               for r in ROLES]
@@ -874,9 +1000,11 @@ def build_demo() -> gr.Blocks:
                                       value="mmt", label="Embeddings")
                 with gr.Row():
                     plots = [gr.Plot(elem_id=f"emb-{i}") for i in range(3)]
+                emb_click = gr.Textbox(visible="hidden", elem_id="emb-click")
+                emb_go = gr.Button("open", visible="hidden", elem_id="emb-go")
                 scores = gr.Dataframe(headers=["model", "space", "ARI", "HS"], label="Cluster scores",
                                       interactive=False)
-                embed_md = gr.Markdown()
+                embed_md = gr.Markdown(elem_id="embed-md")
             with gr.Tab("Dataset", id="dataset"):
                 dataset = dataset_tab()
             with gr.Tab("Teach", id="teach"):
@@ -913,6 +1041,7 @@ def build_demo() -> gr.Blocks:
                      **hidden) \
             .success(embed, [clip, method, source], embed_out, api_name="example_embed", **hidden)
         demo.load(page_load, None, [example, target], api_name="page_load", **hidden)
+        clip.change(show_clip, clip, player, api_name="clip_player", **hidden)
         wire_timeline(clip, tl_plot, tl_slider, tl_md, tl_click, tl_jump, target,
                       layer, method_pick, frames, explain_out)
         models.change(switch_models, models, [models_md, target], api_name="models") \
@@ -925,5 +1054,12 @@ def build_demo() -> gr.Blocks:
         wire_dataset(dataset, clip, pred_out, explain_in, explain_out)
         demo.load(page_models, None, [models, models_md], api_name="page_models", **hidden)
         demo.load(None, None, None, js=TIMELINE_CLICK_JS)  # the timeline's click relay
+        demo.load(None, None, None, js=PLOT_CLICK_JS)  # the heatmap's and the maps' relays
+        # a clicked point of an Embeddings map becomes the current clip in every tab
+        emb_go.click(embed_click, emb_click, clip, api_name="embed_click", **hidden) \
+            .success(predict, clip, pred_out, api_name="embed_click_predict", **hidden) \
+            .success(explain, explain_in, explain_out, api_name="embed_click_explain", **hidden) \
+            .success(embed, [clip, method, source], embed_out, api_name="embed_click_embed",
+                     **hidden)
         demo.load(ablations, None, [abl_table, abl_plot, abl_md], api_name="page_ablations", **hidden)
     return demo
