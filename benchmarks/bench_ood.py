@@ -4,7 +4,8 @@ many detectors on the same clips, for the three demo models. Prints JSON.
     python scripts/ood_devsets.py --out /work/data_ood          # the clips (out of git)
     python benchmarks/bench_ood.py --data /work/data_ood [--models mmt_tiny,...] > results.json
 
-Reference: the built-in clips of seed 2002 (DATA/ref_s2002, what scripts/build_ood.py ships).
+Reference: the built-in clips of seed 2002 (DATA/ref_s2002, 300 clips; the MMT also
+DATA/ref_clutter_s2002, 150 cluttered ones), what scripts/build_ood.py ships.
 In-distribution: DATA/synth_s3003 (choose) and DATA/synth_s4004 (held out). Out-of-distribution:
 the kinds of group "select" (choose) and "heldout" (only reported), DATA/kinds.json.
 
@@ -32,7 +33,11 @@ sys.path.insert(0, str(ROOT))
 from mmt_core import ood  # noqa: E402
 
 DEMO = ("mmt_tiny", "mat_tiny", "mvit_tiny_video")
-REF = "ref_s2002"
+REF = "ref"  # the merged reference of a model (REFS)
+# Each model's reference: built-in clips of seed 2002, plus cluttered ones for the MMT (its last
+# epoch trained on `mmt synth --clutter` clips); scripts/build_ood.py ships the same.
+REFS = {"mmt_tiny": ("ref_s2002", "ref_clutter_s2002")}
+ALL_REFS = ("ref_s2002", "ref_clutter_s2002")
 
 
 # ------------------------------------------------------------------------------ features
@@ -80,10 +85,10 @@ def load_features(data: Path, model: str, kinds: list[str]) -> dict[str, dict[st
     cache = data / f"feats_{model}.npz"
     have = dict(np.load(cache, allow_pickle=False)) if cache.is_file() else {}
     changed = False
-    for kind in [REF, *kinds]:
+    for kind in [*ALL_REFS, *kinds]:
         if f"{kind}|n" in have:
             continue
-        folder = data / kind / ("ood" if kind == REF else "")
+        folder = data / kind / ("ood" if kind in ALL_REFS else "")
         paths = sorted(folder.glob("*.mp4"))
         t0 = time.time()
         f = extract(ROOT / "checkpoints" / model, paths)
@@ -91,7 +96,7 @@ def load_features(data: Path, model: str, kinds: list[str]) -> dict[str, dict[st
         for key, x in f.items():
             have[f"{kind}|{key}"] = x
         have[f"{kind}|n"] = np.array(len(paths))
-        if kind == REF:
+        if kind in ALL_REFS:
             have[f"{kind}|labels"] = np.array([json.loads(p.with_suffix(".json").read_text())
                                                ["label"] for p in paths])
         changed = True
@@ -101,6 +106,9 @@ def load_features(data: Path, model: str, kinds: list[str]) -> dict[str, dict[st
     for key, x in have.items():
         kind, name = key.split("|")
         by.setdefault(kind, {})[name] = x
+    refs = [by[r] for r in REFS.get(model, ALL_REFS[:1])]
+    by[REF] = {key: (np.concatenate([r[key] for r in refs]) if not key.startswith("head/")
+                     and key != "n" else refs[0][key]) for key in refs[0]}
     return by
 
 
@@ -262,6 +270,8 @@ def evaluate(by: dict, kinds: dict, model: str) -> dict:
             r = {}
             for split, id_kind, group in (("select", "synth_s3003", "select"),
                                           ("heldout", "synth_s4004", "heldout")):
+                if not any(v["group"] == group for v in kinds.values()):
+                    continue
                 neg = get(id_kind)
                 pos = np.concatenate([get(k) for k, v in kinds.items() if v["group"] == group])
                 r[split] = {"auroc": round(auroc(neg, pos), 4), "fpr95": round(fpr95(neg, pos), 4),
@@ -274,6 +284,74 @@ def evaluate(by: dict, kinds: dict, model: str) -> dict:
     return res
 
 
+SHIPPABLE = {  # member sets of mmt_core.ood's detector, fitted and scored exactly as shipped
+    "maha(stats)": (("maha", "stats"),), "knn(stats)": (("knn", "stats"),),
+    "knn(embed)": (("knn", "embed"),), "maha(embed)": (("maha", "embed"),),
+    "knn(embed) + maha(stats)": (("knn", "embed"), ("maha", "stats")),
+    "maha(embed) + maha(stats)": (("maha", "embed"), ("maha", "stats")),
+}
+
+
+def rates(neg, pos):
+    return {"auroc": round(auroc(neg, pos), 4), "fpr95": round(fpr95(neg, pos), 4)}
+
+
+def evaluate_shipped(by: dict, kinds: dict) -> dict:
+    """mmt_core.ood.fit on the reference, per-sense / combined AUROC and flag rates at the
+    shipped threshold (score > 1)."""
+    ref = by[REF]
+    senses = [s for s in ("audio", "video") if f"{s}/embed" in ref]
+    feats = {k: {s: {f: by[k][f"{s}/{f}"] for f in ("embed", "stats")} for s in senses}
+             for k in [REF, *kinds]}
+    out = {}
+    for name, members in SHIPPABLE.items():
+        fitted = ood.fit(feats[REF], members=members)
+        score = {k: {s: ood.sense_scores(feats[k][s], fitted["senses"][s])[0]
+                     / fitted["thresholds"][s] for s in senses} for k in kinds}
+        row = {}
+        for s in [*senses, "combined"]:
+            get = (lambda k: np.max(list(score[k].values()), 0)) if s == "combined" else \
+                (lambda k, s=s: score[k][s])
+            row[s] = {}
+            for split, id_kind in (("select", "synth_s3003"), ("heldout", "synth_s4004")):
+                pos = np.concatenate([get(k) for k, v in kinds.items() if v["group"] == split])
+                row[s][split] = rates(get(id_kind), pos)
+        flag = {k: round(float((np.max(list(score[k].values()), 0) > 1).mean()), 3)
+                for k in kinds}
+        row["flagged"] = {g: round(float(np.mean(np.concatenate(
+            [np.max(list(score[k].values()), 0) > 1 for k, v in kinds.items()
+             if v["group"] == g]))), 4) for g in ("id", "id_extra", "select", "heldout")}
+        row["flagged_by_kind"] = flag
+        comb = {g: np.concatenate([np.max(list(score[k].values()), 0) for k, v in kinds.items()
+                                   if v["group"] == g]) for g in ("id", "select", "heldout")}
+        row["combined_score"] = {  # in threshold units: the margin between the two sides
+            "id_p50_p95_max": [round(float(np.quantile(comb["id"], q)), 2) for q in (.5, .95, 1)],
+            **{f"{g}_min_p5_p50": [round(float(np.quantile(comb[g], q)), 2) for q in (0, .05, .5)]
+               for g in ("select", "heldout")}}
+        out[name] = row
+    return out
+
+
+@torch.inference_mode()
+def check_cost(model: str, clip: Path, repeats: int = 20) -> dict:
+    """Milliseconds the shipped check adds to one prediction: the input statistics and the
+    scoring (the embedding comes from the forward the prediction runs anyway)."""
+    from mmt_core.checkpoint import load_checkpoint
+    from mmt_core.inference import prepare_clip
+
+    net, meta = load_checkpoint(ROOT / "checkpoints" / model, "cpu")
+    inputs = prepare_clip(clip, meta, views=1)["inputs"]
+    out = net.eval()(**inputs)
+    ref = ood.load(ROOT / "checkpoints" / model)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ood.score(ood.mean_views(ood.clip_features(out, inputs)), ref)
+        times.append(time.perf_counter() - t0)
+    return {"method": ref["method"], "median_ms": round(1000 * float(np.median(times)), 2),
+            "max_ms": round(1000 * float(np.max(times)), 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="/work/data_ood")
@@ -284,13 +362,16 @@ def main() -> None:
     kinds = {k: v for k, v in json.loads((data / "kinds.json").read_text()).items()
              if v["clips"]}
     torch.set_num_threads(1)
-    out = {"reference": f"{REF} (mmt synth --seed 2002 --split ood)",
+    out = {"reference": {m: [f"DATA/{r}" for r in REFS.get(m, ALL_REFS[:1])] for m in DEMO},
            "kinds": {k: v["clips"] for k, v in kinds.items()}, "models": {}}
     for model in a.models.split(","):
-        res = evaluate(load_features(data, model, list(kinds)), kinds, model)
+        by = load_features(data, model, list(kinds))
+        res = evaluate(by, kinds, model)
         if a.detectors:
             res = {k: v for k, v in res.items() if k in a.detectors.split(",")}
-        out["models"][model] = res
+        out["models"][model] = {"detectors": res, "shippable": evaluate_shipped(by, kinds),
+                                "check_cost_cpu_1thread": check_cost(
+                                    model, sorted((data / "instruments_two").glob("*.mp4"))[0])}
     print(json.dumps(out, indent=1))
 
 

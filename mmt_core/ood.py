@@ -14,7 +14,8 @@ A scorer (`SCORERS`: k-NN, Mahalanobis) fits one feature of one sense; a detecto
 (scorer, feature) members and its score in a sense is the largest of its members' scores, each
 divided by that member's threshold, so 1.0 is "at the threshold" whatever the scorer. Thresholds
 are a high quantile (default 99 %) of the reference clips' out-of-fold scores (each fold scored
-by a fit on the other folds). A clip is flagged when any sense is past its threshold.
+by a fit on the other folds); with several members, their max is calibrated to that quantile
+again. A clip is flagged when any sense is past its threshold.
 
 Why both features (docs/ood.md has the measurements): the demo models' embeddings collapse real
 clips onto the synthetic classes (a photograph lands at k-NN distance 0.38 against a threshold of
@@ -33,11 +34,11 @@ OOD_FILE = "ood.safetensors"
 K = 5  # neighbours averaged: small enough for 10-clip classes, large enough to ignore one twin
 QUANTILE = 0.99  # of the reference clips' out-of-fold scores: the threshold
 FOLDS = 5  # out-of-fold scoring of the reference clips (leave-one-out below FOLDS clips)
-SHRINK = 0.1  # Mahalanobis covariance shrinkage toward its diagonal: few clips, many dims
+SHRINK = 0.1  # least Mahalanobis shrinkage toward the diagonal; D / n when that is more
 MODALITIES = ("audio", "video")
 # The shipped detector (chosen in docs/ood.md): k-NN on the embedding and Mahalanobis on the
 # input statistics, per sense.
-DEFAULT = (("knn", "embed"), ("maha", "stats"))
+DEFAULT = (("maha", "stats"),)
 
 
 # ------------------------------------------------------------------------------ features
@@ -167,7 +168,8 @@ class Maha:
         mu, sd = x.mean(0), x.std(0) + 1e-6
         z = (x - mu) / sd
         cov = np.cov(z, rowvar=False).reshape(z.shape[1], z.shape[1])
-        cov = (1 - SHRINK) * cov + SHRINK * np.diag(np.diag(cov)) + 1e-3 * np.eye(len(cov))
+        shrink = min(1.0, max(SHRINK, z.shape[1] / len(z)))  # a few taught clips: diagonal
+        cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov)) + 1e-3 * np.eye(len(cov))
         return {"mean": mu.astype(np.float32), "scale": sd.astype(np.float32),
                 "precision": np.linalg.inv(cov).astype(np.float32)}
 
@@ -197,16 +199,17 @@ def out_of_fold(scorer, x: np.ndarray, k: int, folds: int = FOLDS) -> np.ndarray
 def fit(features: dict[str, dict[str, np.ndarray]], *, members=DEFAULT, k: int = K,
         quantile: float = QUANTILE) -> dict:
     """{sense: {feature: (n, D)}} of the reference clips → {"senses": {sense: [{"scorer",
-    "feature", "state", "threshold"}]}, "thresholds": {sense: 1.0}, "method", "k", "quantile",
+    "feature", "state", "threshold"}]}, "thresholds": {sense: the members' max at the quantile},
+    "method", "k", "quantile",
     "n"}. A member whose feature a sense lacks is skipped."""
     if not features:
         raise ValueError("no reference features")
     n = min(len(x) for fs in features.values() for x in fs.values())
     if n < 2:
         raise ValueError(f"need a reference set of at least 2 clips, got {n}")
-    senses = {}
+    senses, sense_thr = {}, {}
     for s, fs in features.items():
-        fitted = []
+        fitted, oof = [], []
         for scorer_name, feat in members:
             if feat not in fs:
                 continue
@@ -214,12 +217,16 @@ def fit(features: dict[str, dict[str, np.ndarray]], *, members=DEFAULT, k: int =
             if x.ndim != 2 or len(x) < 2:
                 raise ValueError(f"need a (n >= 2, D) reference set, got {s} {feat} {x.shape}")
             scorer = SCORERS[scorer_name]
-            thr = float(np.quantile(out_of_fold(scorer, x, k), quantile))
+            o = out_of_fold(scorer, x, k)
+            thr = max(float(np.quantile(o, quantile)), 1e-6)
             fitted.append({"scorer": scorer_name, "feature": feat, "state": scorer.fit(x, k),
-                           "threshold": max(thr, 1e-6)})
+                           "threshold": thr})
+            oof.append(o / thr)
         if fitted:
             senses[s] = fitted
-    return {"senses": senses, "thresholds": {s: 1.0 for s in senses},
+            # the members' max is calibrated again, so an ensemble keeps the quantile's rate
+            sense_thr[s] = max(float(np.quantile(np.max(oof, 0), quantile)), 1e-6)
+    return {"senses": senses, "thresholds": sense_thr,
             "method": method_name(members), "k": int(min(k, n - 1)), "quantile": float(quantile),
             "n": int(n)}
 
@@ -259,7 +266,7 @@ def score(features: dict, ref: dict) -> dict:
                     raise ValueError(f"the {s} {m['feature']} reference is {want}-d, the clip's "
                                      f"{got}-d: ood.safetensors belongs to another model")
         r, feature = sense_scores(feats, fitted)
-        r = float(r[0])
+        r = float(r[0]) / ref["thresholds"][s]
         per[s] = {"score": round(r, 4), "threshold": 1.0, "ratio": round(r, 2),
                   "flagged": bool(r > 1.0), "feature": feature}
     if not per:
@@ -330,8 +337,9 @@ def build(checkpoint_dir: str | Path, paths, *, source: str = "", k: int = K,
 
 def summary(ref: dict) -> dict:
     return {"method": ref["method"], "n": ref["n"], "k": ref["k"], "quantile": ref["quantile"],
-            "thresholds": {s: {f"{m['scorer']}({m['feature']})": round(m["threshold"], 4)
-                               for m in ms} for s, ms in ref["senses"].items()}}
+            "thresholds": {s: {**{f"{m['scorer']}({m['feature']})": round(m["threshold"], 4)
+                                  for m in ms}, "max": round(ref["thresholds"][s], 4)}
+                           for s, ms in ref["senses"].items()}}
 
 
 def save(checkpoint_dir: str | Path, ref: dict, *, source: str = "") -> Path:
@@ -353,6 +361,7 @@ def save(checkpoint_dir: str | Path, ref: dict, *, source: str = "") -> Path:
                               "threshold": m["threshold"], "keys": sorted(m["state"])})
     save_file(tensors, str(tmp), metadata={
         "format": "2", "senses": json.dumps(layout), "method": ref["method"],
+        "thresholds": json.dumps(ref["thresholds"]),
         "k": str(ref["k"]), "quantile": repr(ref["quantile"]), "n": str(ref["n"]),
         "source": source})
     os.chmod(tmp, 0o644)  # a checkpoint is meant to be shared
@@ -384,6 +393,6 @@ def load(checkpoint_dir: str | Path) -> dict | None:
                    "state": {key: arrays[f"{s}.{i}.{key}"] for key in m["keys"]}}
                   for i, m in enumerate(ms)]
               for s, ms in json.loads(meta["senses"]).items()}
-    return {"senses": senses, "thresholds": {s: 1.0 for s in senses}, "method": meta["method"],
+    return {"senses": senses, "thresholds": json.loads(meta["thresholds"]), "method": meta["method"],
             "k": int(meta["k"]), "quantile": float(meta["quantile"]), "n": int(meta["n"]),
             "source": meta.get("source", "")}

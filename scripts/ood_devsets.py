@@ -5,7 +5,8 @@ reads them).
 
 OUT/<kind>/*.mp4, one folder per kind of clip, and OUT/kinds.json {kind: {"group", "what"}}:
   in-distribution (group "id"): fresh built-in test splits, seeds 3003 (used to choose the
-      detector) and 4004 (held out), never the reference seed 2002;
+      detector) and 4004 (held out), never the reference seed 2002; group "id_extra": cluttered
+      built-in clips (seed 5005, `mmt synth --clutter`), only reported;
   out-of-distribution, group "select" (the detector is chosen on these): the real-recordings
       instruments set in three regimes, ffmpeg testsrc / mandelbrot / smptebars with tones and noise;
   out-of-distribution, group "heldout" (only reported): photographs with real recordings (images
@@ -136,6 +137,8 @@ def build_kind(kind: str, n: int, out: Path, tmp: Path, rng: random.Random) -> N
 KINDS = {  # kind: (group, what)
     "synth_s3003": ("id", "mmt synth --seed 3003 --split test"),
     "synth_s4004": ("id", "mmt synth --seed 4004 --split test (held out)"),
+    "synth_clutter_s5005": ("id_extra", "mmt synth --seed 5005 --split test --clutter (mmt_tiny's "
+                            "last epoch trained on cluttered clips; reported, not chosen on)"),
     "instruments_two": ("select", "instruments.py, two instruments on screen, clean audio"),
     "instruments_one_snr0": ("select", "instruments.py --on-screen 1 --snr 0"),
     "instruments_two_snr-10": ("select", "instruments.py --snr -10"),
@@ -165,11 +168,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     from mmt_core.data.synthetic import write_dataset
 
-    for kind in ("synth_s3003", "synth_s4004"):
-        seed = int(kind.split("_s")[1])
+    for kind in ("synth_s3003", "synth_s4004", "synth_clutter_s5005"):
+        seed = int(kind.split("_s")[-1])
         if not (out / kind).is_dir():
-            write_dataset(out / ".tmp" / kind, clips_per_class=a.synth_per_class, seed=seed,
-                          split="test", progress=False)
+            write_dataset(out / ".tmp" / kind, clips_per_class=a.synth_per_class // 2 if
+                          "clutter" in kind else a.synth_per_class, seed=seed, split="test",
+                          progress=False, clutter="clutter" in kind)
             shutil.move(out / ".tmp" / kind / "test", out / kind)
     for kind, flags in (("instruments_two", []), ("instruments_one_snr0", ["--on-screen", "1", "--snr", "0"]),
                         ("instruments_two_snr-10", ["--snr", "-10"])):

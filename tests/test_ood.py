@@ -1,6 +1,6 @@
 """"Unlike the training data": the scorers and the detector, its file, `mmt ood build`, and the
-shipped references on real media made here (an ffmpeg fractal with espeak-ng speech is flagged, a
-fresh built-in clip is not)."""
+shipped references on real media made here (ffmpeg sources with espeak-ng speech and a noise clip
+are flagged by all three demo models, fresh built-in clips are not)."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,8 @@ def test_each_scorer_ranks_far_points_above_the_reference(name):
 def test_fit_and_score_per_sense_with_the_threshold_ratio(tmp_path):
     rng = np.random.default_rng(0)
     centres, ref = clusters(rng)
-    fitted = ood.fit(ref, quantile=0.99)
+    both = (("knn", "embed"), ("maha", "stats"))  # an ensemble: the largest member per sense
+    fitted = ood.fit(ref, members=both, quantile=0.99)
     assert fitted["n"] == 120 and set(fitted["senses"]) == {"audio", "video"}
     assert fitted["method"] == "knn(embed) + maha(stats)"
     assert [m["feature"] for m in fitted["senses"]["audio"]] == ["embed", "stats"]
@@ -138,33 +139,43 @@ def noise_clip(path, seconds: float = 4.0, size=(160, 120), seed: int = 0):
     return path
 
 
-def mandelbrot_speech_clip(path, text="hello, this is a recording of my living room"):
-    """Real media made here: an ffmpeg Mandelbrot zoom with espeak-ng speech (3 s, H.264+AAC)."""
+def real_clip(path, video="mandelbrot=size=160x160:rate=15",
+              text="hello, this is a recording of my living room"):
+    """Real media made here: an ffmpeg source (default a Mandelbrot zoom) with espeak-ng speech
+    (3 s, H.264 + AAC)."""
     wav = path.with_suffix(".wav")
     subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "mandelbrot=size=160x160:rate=15", "-stream_loop", "-1", "-i", str(wav),
-                    "-map", "0:v", "-map", "1:a", "-t", "3", "-c:v", "libx264", "-pix_fmt",
-                    "yuv420p", "-c:a", "aac", "-ar", "16000", "-ac", "1", str(path)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", video,
+                    "-stream_loop", "-1", "-i", str(wav), "-map", "0:v", "-map", "1:a", "-t", "3",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ar", "16000",
+                    "-ac", "1", str(path)], check=True)
     return path
 
 
 @pytest.mark.skipif(not (SHIPPED / ood.OOD_FILE).is_file() or not HAVE_TOOLS,
                     reason="no shipped ood.safetensors, or no ffmpeg / espeak-ng")
-def test_shipped_mmt_flags_real_media_and_passes_a_fresh_builtin_clip(tmp_path):
+def test_shipped_models_flag_real_media_and_pass_fresh_builtin_clips(tmp_path):
     from mmt_core.data.synthetic import write_dataset
     from mmt_core.inference import predict_file
 
-    real = predict_file(mandelbrot_speech_clip(tmp_path / "fractal.mp4"), SHIPPED)
-    assert real["ood"]["flagged"] and real["reliable"] is False
-    assert real["ood"]["method"] == ood.load(SHIPPED)["method"]
-    assert "unlike the training data" in real["ood_note"] and "× the threshold" in real["ood_note"]
-    assert real["predictions"]["label"]  # still shown
-    # a fresh built-in clip (seed 5151: never the reference seed 2002)
+    clips = [real_clip(tmp_path / "fractal.mp4"),
+             real_clip(tmp_path / "testsrc.mp4", "testsrc=size=320x240:rate=15", "one two three"),
+             noise_clip(tmp_path / "noise.mp4")]
+    # fresh built-in clips (seed 5151: never the reference seed 2002), one per class
     write_dataset(tmp_path / "synth", clips_per_class=1, seed=5151, split="test", progress=False)
-    clip = sorted((tmp_path / "synth" / "test").glob("*.mp4"))[0]
-    res = predict_file(clip, SHIPPED)
-    assert not res["ood"]["flagged"] and res["reliable"] and "ood_note" not in res
+    builtin = sorted((tmp_path / "synth" / "test").glob("*.mp4"))
+    for name in ("mmt_tiny", "mat_tiny", "mvit_tiny_video"):
+        ck = ROOT / "checkpoints" / name
+        for clip in clips:
+            res = predict_file(clip, ck)
+            assert res["ood"]["flagged"] and res["reliable"] is False, (name, clip.name)
+            assert res["ood"]["method"] == ood.load(ck)["method"]
+            assert "unlike the training data (" in res["ood_note"], res["ood_note"]
+            assert "× the threshold" in res["ood_note"] and res["predictions"]["label"]
+        fresh = [predict_file(c, ck) for c in builtin]
+        assert sum(r["ood"]["flagged"] for r in fresh) <= 1, (name, [r["ood"] for r in fresh])
+        assert not fresh[0]["ood"]["flagged"] and fresh[0]["reliable"]
+        assert "ood_note" not in fresh[0]
 
 
 def test_cli_ood_build_on_a_small_generated_set(tmp_path, capsys):
