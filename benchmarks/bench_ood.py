@@ -352,12 +352,35 @@ def check_cost(model: str, clip: Path, repeats: int = 20) -> dict:
             "max_ms": round(1000 * float(np.max(times)), 2)}
 
 
+def markdown(res: dict) -> str:
+    """docs/ood.md's tables from this script's JSON: per model and detector, AUROC / FPR@95%TPR
+    per sense and combined on the chosen-on (select) and held-out kinds."""
+    lines = []
+    for model, r in res["models"].items():
+        rows = {**r["detectors"], **{f"shipped: {k}": v for k, v in r["shippable"].items()}}
+        senses = [s for s in ("audio", "video", "combined") if s in next(iter(rows.values()))]
+        lines += [f"\n**{model}** (AUROC / FPR@95%TPR; select kinds | held-out kinds)\n",
+                  "| detector | " + " | ".join(senses) + " |",
+                  "|---|" + "---|" * len(senses)]
+        for name, row in rows.items():
+            cells = [f"{row[s]['select']['auroc']:.3f} / {row[s]['select']['fpr95']:.2f} \\| "
+                     f"{row[s]['heldout']['auroc']:.3f} / {row[s]['heldout']['fpr95']:.2f}"
+                     for s in senses]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--markdown", default=None, metavar="RESULTS.json",
+                   help="print the tables of docs/ood.md from an earlier run's JSON and stop")
     p.add_argument("--data", default="/work/data_ood")
     p.add_argument("--models", default=",".join(DEMO))
     p.add_argument("--detectors", default="", help="comma-separated names to print (all)")
     a = p.parse_args()
+    if a.markdown:
+        print(markdown(json.loads(Path(a.markdown).read_text())))
+        return
     data = Path(a.data)
     kinds = {k: v for k, v in json.loads((data / "kinds.json").read_text()).items()
              if v["clips"]}
