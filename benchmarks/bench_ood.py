@@ -332,6 +332,34 @@ def evaluate_shipped(by: dict, kinds: dict) -> dict:
     return out
 
 
+def taught_like(by: dict, sizes=(6, 12, 20)) -> dict:
+    """A taught model's situation: the reference is N real clips (instruments_two, a fixed draw),
+    and flag rates on the other instruments_two clips (should pass), the other instruments
+    regime, fresh built-in clips and photographs (should be flagged)."""
+    senses = [s for s in ("audio", "video") if f"{s}/embed" in by[REF]]
+    order = np.random.default_rng(0).permutation(by["instruments_two"]["n"].item())
+    out = {}
+    for name in ("maha(stats)", "knn(embed)"):
+        members = SHIPPABLE[name]
+        for n in sizes:
+            ref, rest = order[:n], order[n:]
+            feats = lambda k, sel=slice(None): {s: {f: by[k][f"{s}/{f}"][sel] for f in
+                                                    ("embed", "stats")} for s in senses}
+            fitted = ood.fit(feats("instruments_two", ref), members=members)
+
+            def flagged(f):
+                r = [ood.sense_scores(f[s], fitted["senses"][s])[0] / fitted["thresholds"][s]
+                     for s in senses]
+                return round(float((np.max(r, 0) > 1).mean()), 3)
+
+            out[f"{name}, {n} reference clips"] = {
+                "instruments_two (rest)": flagged(feats("instruments_two", rest)),
+                "instruments_one_snr0": flagged(feats("instruments_one_snr0")),
+                "synth_s3003": flagged(feats("synth_s3003")),
+                "photo_recording": flagged(feats("photo_recording"))}
+    return out
+
+
 @torch.inference_mode()
 def check_cost(model: str, clip: Path, repeats: int = 20) -> dict:
     """Milliseconds the shipped check adds to one prediction: the input statistics and the
@@ -393,6 +421,7 @@ def main() -> None:
         if a.detectors:
             res = {k: v for k, v in res.items() if k in a.detectors.split(",")}
         out["models"][model] = {"detectors": res, "shippable": evaluate_shipped(by, kinds),
+                                "taught_like": taught_like(by),
                                 "check_cost_cpu_1thread": check_cost(
                                     model, sorted((data / "instruments_two").glob("*.mp4"))[0])}
     print(json.dumps(out, indent=1))
