@@ -19,8 +19,8 @@ again. A clip is flagged when any sense is past its threshold.
 
 Why the input statistics (docs/ood.md has the measurements, benchmarks/bench_ood.py makes them):
 the demo models' embeddings collapse real clips onto the synthetic classes (k-NN on the video
-half: AUROC 0.72 against real clips, and 0.42 for the video-only model), and earlier layers,
-energy and ViM do no better for video; Mahalanobis on the input statistics separates every real
+half: AUROC 0.74 on the held-out real clips, 0.42 for the video-only model), and earlier
+layers, energy and ViM do no better for video (at most 0.88 held out); Mahalanobis on the input statistics separates every real
 or foreign development clip from fresh built-in ones (AUROC 1.000 per sense, held-out kinds
 too), and adding the embedding to it only added false alarms. Its limit: it says that a clip
 *looks or sounds* unlike the reference, not that its content is new; a model set whose clips
