@@ -299,26 +299,50 @@ def cell_clips(ev: Evaluation, role: str, true, pred) -> list[dict]:
 
 # ---------------------------------------------------------------- suspicious clips
 
-def _log_margin(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n,) log p(top class) − log p(label), with p floored at PROB_FLOOR: 0 when the model's
-    top class is the label, up to ln(1/PROB_FLOOR) when it is sure of another class."""
+def _class_typical(lp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(typical (C,), own (n,)): typical[c] = mean log p(c) over the clips labelled c; own[i] =
+    the same for clip i's label with clip i left out (0 = log 1 for a class of one clip)."""
+    C = lp.shape[1]
+    sums = np.bincount(y, weights=lp[np.arange(len(y)), y], minlength=C)
+    counts = np.bincount(y, minlength=C).astype(np.float64)
+    typical = np.divide(sums, counts, out=np.zeros(C), where=counts > 0)
+    mine = lp[np.arange(len(y)), y]
+    rest = counts[y] - 1
+    own = np.divide(sums[y] - mine, rest, out=np.zeros(len(y)), where=rest > 0)
+    return typical, own
+
+
+def _evidence_against_label(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n,) one model's evidence that clip i is not what its label says, measured against how
+    that model usually sees each class (confident learning's per-class thresholds, Northcutt et
+    al. 2021), so a class the model never gets right does not flood the ranking:
+
+        below = [own_label_typical − log p(label)]+        the label is less likely than usual
+        above = [max_{c ≠ label} log p(c) − typical[c]]+   another class is likelier than usual"""
     lp = np.log(np.maximum(p, PROB_FLOOR))
-    return lp.max(1) - lp[np.arange(len(y)), y]
+    typical, own = _class_typical(lp, y)
+    n = len(y)
+    below = np.maximum(own - lp[np.arange(n), y], 0.0)
+    other = lp - typical[None, :]
+    other[np.arange(n), y] = -np.inf
+    return below + np.maximum(other.max(1), 0.0)
 
 
 def suspicious_scores(ev: Evaluation) -> np.ndarray:
     """(n,) how likely each clip's label is wrong, or its sound and picture disagree with the
     label or with each other (docs/workbench.md, "Dataset analysis"):
 
-        score = Σ over the set's models m of margin_m  +  conflict(audio-only, video-only)
+        score = Σ over the set's models m of evidence_m  +  conflict(audio-only, video-only)
 
-    margin_m = log p_m(top) − log p_m(label): each model's evidence against the label, 0 when
-    its top class is the label. conflict = −log Σ_c p_a(c)·p_v(c): how unlikely it is that the
-    audio-only and the video-only model would name the same class; an unsure model that leaves
-    two classes open (a sound two classes share) does not count as disagreeing with the picture.
-    Probabilities are floored at PROB_FLOOR, so each term is at most ln(1/PROB_FLOOR) ≈ 9.2."""
+    evidence_m (`_evidence_against_label`): how much less likely model m finds the label than it
+    finds that class on the other clips labelled with it, plus how much likelier it finds another
+    class than on that class's own clips; 0 for a clip that looks like its class usually does.
+    conflict = −log Σ_c p_a(c)·p_v(c): how unlikely it is that the audio-only and the video-only
+    model would name the same class; an unsure model that leaves two classes open (a sound two
+    classes share) does not count as disagreeing with the picture. Probabilities are floored at
+    PROB_FLOOR (each log term is at most ln(1/PROB_FLOOR) ≈ 9.2)."""
     y = ev.labels
-    score = sum(_log_margin(ev.probs[r], y) for r in ev.probs)
+    score = sum(_evidence_against_label(ev.probs[r], y) for r in ev.probs)
     if {"audio", "video"} <= set(ev.probs):
         score = score + _conflict(ev.probs["audio"], ev.probs["video"])
     return np.asarray(score, np.float64)

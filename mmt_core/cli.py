@@ -152,6 +152,32 @@ def cmd_predict(a) -> dict:
     return predict_file(a.clip, a.checkpoint, topk=a.topk)
 
 
+def cmd_ood(a) -> dict:
+    """`mmt ood build`: fit a checkpoint's "unlike the training data" reference on a manifest
+    split (its training clips, usually) and write CHECKPOINT/ood.safetensors."""
+    from pathlib import Path
+
+    from . import ood
+    from .checkpoint import load_checkpoint
+    from .data.manifests import read_manifest
+
+    ck = Path(a.checkpoint)
+    if not (ck / "config.json").is_file() or not (ck / "model.safetensors").is_file():
+        raise UserError(f"{ck} is not a checkpoint (needs config.json and model.safetensors)")
+    man = read_manifest(a.manifest, format=a.format, split=a.split)
+    paths = [r.path for r in man.records]
+    if len(paths) < 2:
+        raise UserError(f"split '{a.split}' of {a.manifest} has {len(paths)} clips; the "
+                        f"reference needs at least 2 (splits: {', '.join(man.splits)})")
+    try:
+        model, meta = load_checkpoint(ck, "cpu")
+        summary = ood.build(ck, paths, model=model, meta=meta,
+                            source=f"{Path(a.manifest).name} split {a.split}, {len(paths)} clips")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return {"path": str(ck / ood.OOD_FILE), **summary}
+
+
 def cmd_bench(a) -> dict:
     from .bench import run_benchmark
 
@@ -333,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a clip longer than the model's window: top-k of every sliding window")
     sp.add_argument("--stride", type=float, default=None,
                     help="seconds between window starts with --windows (default: half a window)")
+
+    sp = add("ood", cmd_ood, "the 'unlike the training data' check of a checkpoint: `ood build` "
+             "fits its reference on a manifest split")
+    sp.add_argument("action", choices=["build"])
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--manifest", required=True, help="a manifest or a folder of class folders")
+    sp.add_argument("--split", default="train", help="the reference clips (default train)")
+    sp.add_argument("--format", default="auto")
 
     sp = add("bench", cmd_bench, "throughput, GFLOPs, MFU and memory of models on one device")
     sp.add_argument("--models", default="mat_b,ast_b")

@@ -90,25 +90,33 @@ def predict_probs(model: torch.nn.Module, inputs: dict) -> dict[str, torch.Tenso
 
 @torch.inference_mode()
 def _probs_and_embedding(model, inputs: dict):
-    """(per head: probabilities (C,) averaged over the views, {modality: OOD embedding (D,)}
-    of the views' mean) from one forward."""
-    from .ood import embeddings_of
+    """(per head: probabilities (C,) averaged over the views, {sense: {feature: (D,)}} OOD
+    features (mmt_core.ood.clip_features) of the views' mean) from one forward."""
+    from .ood import clip_features, mean_views
 
     out = model(**inputs)
     probs = {h: logits.float().softmax(-1).mean(0) for h, logits in out.head_logits.items()}
-    return probs, {m: e.mean(0) for m, e in embeddings_of(out).items()}
+    return probs, mean_views(clip_features(out, inputs))
 
 
 NO_OOD_NOTE = "no ood.safetensors in the checkpoint: the unlike-the-training-data check is off"
 
 
-def ood_result(dir, embedding) -> dict | None:
-    """mmt_core.ood.score against DIR/ood.safetensors ({"score", "threshold", "flagged", ...}),
-    None without that file."""
+def ood_result(dir, features) -> dict | None:
+    """mmt_core.ood.score of a clip's OOD features against DIR/ood.safetensors ({"score",
+    "threshold", "ratio", "flagged", "modality", "method", "modalities"}), None without it."""
     from . import ood
 
     ref = ood.load(dir)
-    return None if ref is None else ood.score(embedding, ref)
+    return None if ref is None else ood.score(features, ref)
+
+
+def ood_note(res: dict) -> str:
+    """The one-line warning of a flagged clip: which sense, how far past the threshold."""
+    from . import ood
+
+    return (f"{ood.note(res)}: the predictions are unreliable (detector {res['method']}, "
+            "docs/ood.md)")
 
 
 def predict_file(path, dir, topk: int = 5, views: int | None = None) -> dict:
@@ -140,9 +148,9 @@ def predict_file(path, dir, topk: int = 5, views: int | None = None) -> dict:
     if result["ood"] is None:
         result["ood_note"] = NO_OOD_NOTE
     elif result["ood"]["flagged"]:
-        result["ood_note"] = (f"unlike the training data: the clip's {result['ood']['modality']} "
-                              "is farther from its nearest reference clips than 99 % of them "
-                              "are from each other; the prediction may be meaningless")
+        result["ood_note"] = ood_note(result["ood"])
+    if result["ood"] is not None:  # the predictions stay, marked
+        result["reliable"] = not result["ood"]["flagged"]
     result["timing"] = {"load_s": round(t1 - t0, 4), "decode_s": round(t2 - t1, 4),
                         "forward_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}
     return result
@@ -197,8 +205,8 @@ def window_clips(path, meta: dict, stride: float | None = None) -> list:
 def window_probs(model: torch.nn.Module, meta: dict, clips: list, batch_size: int = 8, *,
                  embeddings: bool = False):
     """(K, C) class probabilities of the first head for K window clips, batched; with
-    `embeddings`, also {modality: (K, D)} OOD embeddings (mmt_core.ood.embeddings_of)."""
-    from .ood import embeddings_of
+    `embeddings`, also {sense: {feature: (K, D)}} OOD features (mmt_core.ood.clip_features)."""
+    from .ood import clip_features
 
     modalities = meta.get("modalities") or getattr(model, "modalities", "av")
     head = next(iter(meta["classes"]))
@@ -208,10 +216,12 @@ def window_probs(model: torch.nn.Module, meta: dict, clips: list, batch_size: in
         inputs = {k: torch.cat([x[k] for x in per]) for k in per[0]}  # (B, ...)
         out = model(**inputs)
         rows.append(out.head_logits[head].float().softmax(-1).numpy())
-        for m, e in embeddings_of(out).items() if embeddings else ():
-            embs.setdefault(m, []).append(e)
+        for s, fs in clip_features(out, inputs).items() if embeddings else ():
+            for f, x in fs.items():
+                embs.setdefault(s, {}).setdefault(f, []).append(x)
     probs = np.concatenate(rows)
-    return (probs, {m: np.concatenate(v) for m, v in embs.items()}) if embeddings else probs
+    return (probs, {s: {f: np.concatenate(v) for f, v in fs.items()} for s, fs in embs.items()}
+            ) if embeddings else probs
 
 
 def windows_table(clips: list, probs: np.ndarray, class_names: list[str], topk: int = 3
@@ -249,7 +259,8 @@ def predict_windows(path, dir, *, stride: float | None = None, topk: int = 3) ->
 
     ref = ood.load(dir)
     for k, w in enumerate(result["windows"]):  # each window against the OOD reference
-        w["ood"] = None if ref is None else ood.score({m: e[k] for m, e in embs.items()}, ref)
+        w["ood"] = None if ref is None else ood.score(
+            {s: {f: x[k] for f, x in fs.items()} for s, fs in embs.items()}, ref)
     if ref is None:
         result["ood_note"] = NO_OOD_NOTE
     else:

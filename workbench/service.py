@@ -432,7 +432,8 @@ class Workbench:
             return value
 
     def _ood_notes(self, prep, results: dict, models: dict) -> None:
-        """Add the MMT's "unlike the training data" verdict to results and a note to prep."""
+        """Add the MMT's "unlike the training data" verdict to results and a note to prep: which
+        sense is unfamiliar and how far past its threshold (mmt_core.ood, docs/ood.md)."""
         from mmt_core import ood
 
         m, r = models["mmt"], results["mmt"]
@@ -441,15 +442,13 @@ class Workbench:
             self._ood[key] = self.ood_reference()
         if self._ood[key] is None or r["output"] is None:
             return
-        res = ood.score({k: v[0] for k, v in ood.embeddings_of(r["output"]).items()},
-                        self._ood[key])
+        feats = ood.mean_views(ood.clip_features(r["output"], prep.inputs[m.name]))
+        res = ood.score(feats, self._ood[key])
         r["ood"] = res
         if res["flagged"]:
             prep.notes.append(
-                f"⚠ **Unlike the training data**: this clip's {res['modality']} is farther "
-                f"from the {self.active} models' reference clips (k-NN distance "
-                f"{res['score']:.2f}) than 99 % of those clips are from each other "
-                f"({res['threshold']:.2f}); the predictions below may be meaningless.")
+                f"⚠ **Unlike the training data** of the {self.active} models: {ood.note(res)}. "
+                "The predictions below are shown but **unreliable**.")
 
     def ood_reference(self) -> dict | None:
         """The active MMT's "unlike the training data" reference (mmt_core.ood). A --models set
