@@ -45,6 +45,9 @@ class AnalysisConfig:
     seed: int = 0  # of the stratified sample
     cache_dir: str = ".cache/analysis"  # where the .npz of each (weights, manifest, split) goes
     progress: bool = True  # tqdm bars on stderr while the models run
+    # models whose preprocessing matches decode each clip once for all of them (False: one
+    # decoding pass per model, as before; the benchmark compares the two)
+    share_decode: bool = True
 
 
 @dataclass
@@ -134,37 +137,78 @@ def cache_path(ms: ModelSet, records, split: str, cfg: AnalysisConfig) -> Path:
     return Path(cfg.cache_dir) / f"{split}-{key}.npz"
 
 
-def _run_model(role: str, ms: ModelSet, records, cfg: AnalysisConfig):
-    """(probs (n, C), {space: (n, D)}, indices evaluated) of one model of the set."""
+def decode_groups(ms: ModelSet, cfg: AnalysisConfig) -> list[list[str]]:
+    """The set's roles grouped by how they take a clip (config.json's preprocessing and the
+    views): each group decodes every clip once and runs all its models on it. The demo set is
+    one group; cfg.share_decode=False gives each model its own pass (and its own decode)."""
+    if not cfg.share_decode:
+        return [[r] for r in ms.roles]
+    groups: dict[str, list[str]] = {}
+    for role in ms.roles:
+        pre = ms.preprocessing(role)
+        key = repr((sorted(pre.items()), cfg.views or pre.get("test_views") or 1))
+        groups.setdefault(key, []).append(role)
+    return list(groups.values())
+
+
+def _run_group(roles: list[str], ms: ModelSet, records, cfg: AnalysisConfig) -> dict:
+    """role → (probs (n', C), {space: (n', D)}) of the models in `roles`, which share their
+    preprocessing, and the indices (n',) of the clips evaluated (broken ones are left out):
+    one DataLoader decodes each clip once for all of them (the sum of their senses)."""
     import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
 
     from . import checkpoint as ckpt
-    from .data.dataset import AVDataset
-    from .evaluation import resolve_device, run_eval
+    from .data.dataset import AVDataset, collate_skip_broken
+    from .evaluation import flatten_views, model_inputs, resolve_device, video_norm_of
+    from .metrics import ensemble_views
 
     device = resolve_device("auto", 0)
-    model, meta = ckpt.load_checkpoint(ms.models[role], device)
+    models = {}
+    for role in roles:
+        model, meta = ckpt.load_checkpoint(ms.models[role], device)
+        models[role] = (model.eval(), meta)
+    meta = models[roles[0]][1]
+    senses = "".join(m for m in "av" if any(m in mo.modalities for mo, _ in models.values()))
     views = cfg.views or meta["preprocessing"].get("test_views") or 1
     ds = AVDataset(records, ms.classes, ckpt.data_config_from_meta(meta), train=False,
-                   num_views=views, modalities=model.modalities)
-    chunks: dict[str, list] = {s: [] for s in SPACES}
+                   num_views=views, modalities=senses)
+    norm = video_norm_of(ds)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.num_workers, collate_fn=collate_skip_broken,
+                        generator=torch.Generator().manual_seed(0))
+    probs: dict[str, list] = {r: [] for r in roles}
+    chunks: dict[str, dict[str, list]] = {r: {} for r in roles}
     index: list = []
-
-    def keep(batch, out, v):
-        index.append(batch["index"])
-        spaces = {"audio": out.audio_embed, "video": out.video_embed, "audio_proj": out.audio_proj,
-                  "video_proj": out.video_proj,
-                  "fused": out.fused_embed if out.audio_embed is not None and
-                  out.video_embed is not None else None}
-        for s, x in spaces.items():
-            if x is not None:
-                chunks[s].append(x.float().reshape(-1, v, x.shape[-1]).mean(1).cpu())  # (B, D)
-
-    rep = run_eval(model, ds, ms.classes, batch_size=cfg.batch_size, device=device,
-                   num_workers=cfg.num_workers, progress=cfg.progress, keep_probs=True,
-                   desc=f"{MODEL_NAMES[role]} ({meta['model']})", on_batch=keep)
-    embeds = {s: torch.cat(c).numpy() for s, c in chunks.items() if c}
-    return rep["probs"][ms.head].numpy(), embeds, torch.cat(index).numpy()
+    desc = " + ".join(f"{MODEL_NAMES[r]} ({models[r][1]['model']})" for r in roles)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, disable=not cfg.progress, leave=False):
+            if not batch or not batch.get("labels"):
+                continue
+            index.append(batch["index"])
+            for role, (model, _) in models.items():
+                inputs, v = flatten_views(model_inputs(batch, model.modalities, device,
+                                                       video_norm=norm))
+                with torch.autocast(device.type, dtype=torch.bfloat16,
+                                    enabled=device.type == "cuda"):
+                    out = model(**inputs)
+                logits = out.head_logits[ms.head].float()  # (B·V, C)
+                probs[role].append(ensemble_views(logits.reshape(-1, v, logits.shape[-1])).cpu())
+                spaces = {"audio": out.audio_embed, "video": out.video_embed,
+                          "audio_proj": out.audio_proj, "video_proj": out.video_proj,
+                          "fused": out.fused_embed if out.audio_embed is not None and
+                          out.video_embed is not None else None}
+                for sp, x in spaces.items():
+                    if x is not None:  # views averaged: (B·V, D) → (B, D)
+                        chunks[role].setdefault(sp, []).append(
+                            x.float().reshape(-1, v, x.shape[-1]).mean(1).cpu())
+    if not index:
+        raise UserError(f"no clip could be evaluated ({len(records)} broken or unreadable)")
+    idx = torch.cat(index).numpy()
+    return {r: (torch.cat(probs[r]).numpy(), {sp: torch.cat(c).numpy()
+                                              for sp, c in chunks[r].items()}, idx)
+            for r in roles}
 
 
 def evaluate_set(ms: ModelSet, manifest, split: str = "test",
@@ -186,8 +230,11 @@ def evaluate_set(ms: ModelSet, manifest, split: str = "test",
             pass  # a damaged cache is recomputed
     n = len(records)
     probs, embeds, seen = {}, {}, np.ones(n, bool)
+    runs = {}
+    for group in decode_groups(ms, cfg):
+        runs.update(_run_group(group, ms, records, cfg))
     for role in ms.roles:
-        p, e, idx = _run_model(role, ms, records, cfg)
+        p, e, idx = runs[role]
         full = np.full((n, p.shape[1]), np.nan, np.float32)
         full[idx] = p
         probs[role] = full

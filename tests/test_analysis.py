@@ -200,6 +200,25 @@ def test_second_open_reads_the_cache(planted):
     assert not capped.cached and len(capped.paths) == 12 and capped.total == 48
 
 
+def test_one_decoding_pass_gives_what_one_pass_per_model_gives(planted, tmp_path):
+    """The demo models share their preprocessing: one decode per clip for all three, with the
+    same probabilities and embeddings as a pass (and a decode) per model."""
+    ms = open_model_set(ROOT / "checkpoints")
+    cfg = A.AnalysisConfig(cache_dir=str(tmp_path / "shared"), num_workers=0, progress=False,
+                           max_clips=12)
+    assert A.decode_groups(ms, cfg) == [["mmt", "audio", "video"]]
+    per_model = A.AnalysisConfig(**{**cfg.__dict__, "cache_dir": str(tmp_path / "per_model"),
+                                    "share_decode": False})
+    assert A.decode_groups(ms, per_model) == [["mmt"], ["audio"], ["video"]]
+    a, b = (A.evaluate_set(ms, planted["data"] / "manifest.csv", "test", c)
+            for c in (cfg, per_model))
+    assert a.paths == b.paths and set(a.embeds) == set(b.embeds) == set(A.SPACES)
+    for r in a.probs:
+        np.testing.assert_allclose(a.probs[r], b.probs[r], atol=1e-5)
+    for sp in a.embeds:
+        np.testing.assert_allclose(a.embeds[sp], b.embeds[sp], atol=1e-4)
+
+
 def test_audit_cli(planted, capsys):
     args = ["audit", "--models", str(ROOT / "checkpoints"), "--data",
             str(planted["data"] / "manifest.csv"), "--split", "test", "--top", "6",
