@@ -406,7 +406,8 @@ def _models_md(wb) -> str:
 
 @_user_errors
 def switch_models(name):
-    """The demo | taught radio → the server-wide model set; class choices follow."""
+    """The Models radio (demo, each --models set, taught) → the server-wide model set; class
+    choices follow (models_changed then refreshes the examples and the Dataset tab)."""
     wb = get_workbench()
     wb.use(name or "demo")
     return _models_md(wb), gr.update(choices=[TOP, *wb.class_names], value=TOP)
