@@ -52,7 +52,7 @@ def _single(sizes, cfg):
     x, y = _data(sizes)
     losses = _loss(model, x, y, cfg)
     losses["total"].backward()
-    return ({k: float(v) for k, v in losses.items()},
+    return ({k: float(torch.as_tensor(v).detach()) for k, v in losses.items()},
             {k: p.grad.clone() for k, p in model.named_parameters()})
 
 
@@ -69,7 +69,7 @@ def _rank(rank, world, init_file, sizes, cfg, result):
         losses = _loss(model, local, y[lo:hi], cfg, distributed.row_gatherer(got_sizes))
         losses["total"].backward()  # DDP averages the gradients over the ranks
         result[rank] = {"sizes": got_sizes,
-                        "terms": {k: float(v) for k, v in losses.items()},
+                        "terms": {k: float(torch.as_tensor(v).detach()) for k, v in losses.items()},
                         "grads": {k: p.grad.clone() for k, p in model.module.named_parameters()}}
     finally:
         dist.destroy_process_group()
