@@ -32,11 +32,12 @@ METHOD_TITLES = {"gradcam": "Grad-CAM", "relevance": "Attention relevance",
                  "occlusion": "Occlusion", "audio_contrast": "Audio contrast"}
 ROLES = ("mmt", "audio", "video")
 INTRO = """# MMT Workbench
-Upload a short video clip (or pick a built-in one) to see what the **Multiscale Multimodal
+Upload a short video clip (or pick an example) to see what the **Multiscale Multimodal
 Transformer** predicts next to its audio-only and video-only counterparts, *where* it looks and
-listens (Grad-CAM), and where the clip lands among the built-in test clips (embeddings).
-The demo models were trained on the built-in *sounding objects* dataset (6 classes); the
-**Teach** tab trains them on classes of your own."""
+listens (Grad-CAM), where the clip lands among the reference clips (embeddings), and how the
+models do on a whole dataset (**Dataset**). The *demo* models were trained on the built-in
+*sounding objects* dataset (6 classes); `python app.py --models RUN` opens your own, and the
+**Teach** tab trains them on classes of your own. The box on the right says which set answers."""
 TEACH_INTRO = """Teach the workbench **your own classes**: name a class, add a few clips of it
 (upload several files at once, record with the webcam *and* microphone, or name a folder of class
 folders on the server), repeat for 2–10 classes (3+ clips each; 6 or more make a better model),
