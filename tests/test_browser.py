@@ -2,13 +2,10 @@
 every explain method and the embedding plots, and saves screenshots to artifacts/."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from wb_helpers import ROOT, serve_app
+from wb_helpers import CHROMIUM, ROOT, launch_chromium, serve_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
 
@@ -30,10 +27,7 @@ def test_upload_shows_predictions_cams_and_embeddings(app, tmp_path):
     shot = ROOT / "artifacts" / "workbench.png"
     shot.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(app.url)

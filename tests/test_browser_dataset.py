@@ -3,13 +3,10 @@ cell on the heatmap, click a clip's thumbnail, play it, see it in Predict (playe
 and its similar clips; click a point of the Embeddings map; screenshot to artifacts/."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from wb_helpers import ROOT, serve_app
+from wb_helpers import CHROMIUM, ROOT, launch_chromium, serve_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
 
@@ -26,10 +23,7 @@ def test_confusion_cell_to_clip_to_explain_and_similar_clips(app):
     shot = ROOT / "artifacts" / "workbench_dataset.png"
     shot.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(app.url)

@@ -12,9 +12,8 @@ import pytest
 from conftest import make_media
 from test_app_teach import TAUGHT, teach_clips
 from test_ood import noise_clip
-from wb_helpers import ROOT, serve_app
+from wb_helpers import CHROMIUM, ROOT, launch_chromium, serve_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
 
@@ -37,10 +36,7 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
     art = ROOT / "artifacts"
     art.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             console = []  # shown when the test fails

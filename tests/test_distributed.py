@@ -2,7 +2,6 @@
 of the concatenated batch, and after DDP's average their gradients are its gradients."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, for the browser tests
 DEMO = {"mmt_tiny": "configs/synthetic_mmt_tiny.yaml", "mat_tiny": "configs/synthetic_mat_tiny.yaml",
         "mvit_tiny_video": "configs/synthetic_video_tiny.yaml"}
 
@@ -106,3 +107,12 @@ def serve_app(tmp: Path, **env: str):
         yield server
     finally:
         server.stop()
+
+
+def launch_chromium(playwright):
+    """Headless Debian chromium as root on a machine without network: no sandbox, no GPU, no
+    background connections (each would be refused)."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync"])
