@@ -111,20 +111,26 @@ def _vgg_like_clip(path: Path, seed: int, seconds: float = 10.0, size=(480, 360)
                 c.mux(p)
 
 
-def _vgg_like(tmp: Path, clips: int, passes: int) -> dict:
-    """Files vs mp4 shards at the paper size on VGGSound-shaped clips (decoding dominates)."""
+def _clip_folder(d: Path, clips: int, make) -> object:
+    """d/clip{i}.mp4 made by make(path, i), and d/manifest.csv (2 classes, all train); returns
+    the manifest read back."""
     import csv
 
-    d = tmp / "vgg"
     d.mkdir()
     for i in range(clips):
-        _vgg_like_clip(d / f"clip{i}.mp4", i)
+        make(d / f"clip{i}.mp4", i)
     with open(d / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
         for i in range(clips):
             w.writerow([f"clip{i}.mp4", f"c{i % 2}", "train"])
-    m = read_manifest(d / "manifest.csv", split="train")
+    return read_manifest(d / "manifest.csv", split="train")
+
+
+def _vgg_like(tmp: Path, clips: int, passes: int) -> dict:
+    """Files vs mp4 shards at the paper size on VGGSound-shaped clips (decoding dominates)."""
+    d = tmp / "vgg"
+    m = _clip_folder(d, clips, _vgg_like_clip)
     frames, side, secs, audio_frames = SIZES["paper"]
     cfg = DataConfig(manifest=str(d / "manifest.csv"), num_frames=frames, image_size=side,
                      clip_seconds=secs, audio_frames=audio_frames, num_mel_bins=128)
@@ -199,21 +205,9 @@ def _paper_loader(tmp: Path, clips: int, batches: int, video_seconds: list[float
     """The paper's training items (16 x 224^2, 1x128x1024, two IMC views, batch 8) through the
     DataLoader, on generated 10-s clips: FFmpeg's testsrc2 640x360, or `busy` (the VGG-like
     480x360 moving texture of `_vgg_like_clip`, ~2.4x the bytes: a pessimistic decode cost)."""
-    import csv
-
     d = tmp / "paper_loader"
-    d.mkdir()
-    for i in range(clips):
-        if clip == "busy":
-            _vgg_like_clip(d / f"clip{i}.mp4", i)
-        else:
-            _testsrc_clip(d / f"clip{i}.mp4")
-    with open(d / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        for i in range(clips):
-            w.writerow([f"clip{i}.mp4", f"c{i % 2}", "train"])
-    m = read_manifest(d / "manifest.csv", split="train")
+    m = _clip_folder(d, clips, _vgg_like_clip if clip == "busy" else
+                     lambda path, i: _testsrc_clip(path))
     frames, side, secs, audio_frames = SIZES["paper"]
     has_vs = "video_seconds" in {f.name for f in dataclasses.fields(DataConfig)}
     out = {"clips": clips, "clip": ("10 s, busy texture 480x360, 25 fps H.264 + AAC stereo"
