@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wb_helpers import CHROMIUM, ROOT, launch_chromium, serve_app
+from wb_helpers import ROOT, browser_marks, launch_chromium, serve_app
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
+pytestmark = browser_marks()
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ import pytest
 from conftest import make_media
 from test_app_teach import TAUGHT, teach_clips
 from test_ood import noise_clip
-from wb_helpers import CHROMIUM, ROOT, launch_chromium, serve_app
+from wb_helpers import CHROMIUM, ROOT, browser_marks, launch_chromium, serve_app
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
+pytestmark = browser_marks()
 
 
 @pytest.fixture(scope="module")

@@ -116,3 +116,11 @@ def launch_chromium(playwright):
         executable_path=str(CHROMIUM), headless=True,
         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
               "--disable-component-update", "--disable-sync"])
+
+
+def browser_marks():
+    """pytestmark of a browser test module: browser, slow, and skipped without chromium."""
+    import pytest
+
+    return [pytest.mark.browser, pytest.mark.slow,
+            pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")]
