@@ -299,7 +299,7 @@ def features_of_clips(model: torch.nn.Module, meta: dict, paths, *, batch_size: 
     """{sense: {feature: (n, D)}} of clip files (centre view, like `mmt predict`); clips that
     fail to decode are skipped."""
     from .errors import MediaError
-    from .inference import prepare_clip
+    from .clip_input import prepare_clip
 
     rows: dict[str, dict[str, list]] = {}
     batch: list = []
