@@ -245,46 +245,86 @@ def _forward_losses(model, net, batch: dict, labels: dict, cfg: ExperimentConfig
     return out, losses
 
 
-def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
-          on_record=None, stop=None) -> dict:
-    """Train `cfg` into RUN_DIR `out_dir` (metrics.jsonl, step-*/ checkpoints, last, best).
+# ---------------------------------------------------------------- one run, in pieces
+# build_run -> (train_epoch -> finish_epoch)* -> close_logs; train() is that loop. A notebook can
+# call the same pieces: build_run, then train_step / train_epoch / validate / save_checkpoint.
 
-    on_record(record): called on rank 0 with every record written to metrics.jsonl (step and
-    epoch records). stop: a threading.Event-like object checked after every step; once set, the
-    run saves a checkpoint and returns normally with "stopped": True.
-    """
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class TrainData:
+    """What the loop reads batches from: clip files (AVDataset + ResumableSampler) or shards."""
+    train_set: object  # AVDataset of files, or the shards' stream (has set_epoch)
+    val_set: object | None  # None: the recipe has no validation split
+    sampler: object  # set_epoch(epoch), and .skip: clips of the epoch already seen
+    loader: DataLoader
+    loader_gen: torch.Generator  # seeds the loader's workers; re-seeded every epoch
+    steps_per_epoch: int  # optimiser steps per epoch, the same on every rank
+    info: dict  # clip counts (and the built-in data's generator version) for the checkpoints
 
-    from .data.dataset import AVDataset
-    from .data.manifests import read_manifest
-    t0 = time.time()
-    tc, run_dir = cfg.train, Path(out_dir)
-    rank, world, device = distributed.setup(tc.device)
-    cpu_group = distributed.cpu_group()
-    main = rank == 0
+
+@dataclasses.dataclass
+class Run:
+    """One training run as `build_run` made it. The step, epoch and save functions read it and
+    move its counters (step, epoch, pos, best) on; the counters are what a checkpoint resumes."""
+    cfg: ExperimentConfig
+    run_dir: Path
+    rank: int
+    world: int  # number of processes
+    device: torch.device
+    cpu_group: object  # process group the per-step batch sizes travel over
+    classes: dict[str, list[str]]
+    net: torch.nn.Module  # the plain module: checkpoints, eval and attributes
+    model: torch.nn.Module  # what the steps run: `net`, wrapped in DDP and/or torch.compile
+    data: TrainData
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler  # per-step warm-up + cosine
+    two_views: bool  # IMC / IM-AL: two augmented views per clip, in one forward
+    amp: dict  # torch.autocast arguments: bf16 on CUDA when train.amp, else disabled
+    on_record: object = None  # on_record(record) for every record written (rank 0)
+    log: object = None  # metrics.jsonl, open on rank 0
+    tb: object = None  # TensorBoard SummaryWriter on rank 0, when tensorboard is installed
+    step: int = 0  # optimiser steps taken
+    epoch: int = 1  # the epoch being trained (1-based)
+    pos: int = 0  # batches of `epoch` already consumed (mid-epoch resume point)
+    best: float = -1.0  # best headline val top-1 so far; -1: none yet
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _check_config(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> None:
     if not cfg.data.manifest and not cfg.data.shards:
-        raise ConfigError("data.manifest is not set (give it in the recipe or --set data.manifest=...)")
+        raise ConfigError("data.manifest is not set (give it in the recipe or "
+                          "--set data.manifest=...)")
     if cfg.data.mixup:  # mixup_batch exists (data/transforms.py) but the loop does not mix yet
         raise ConfigError("data.mixup is not supported by the training loop yet; set it to 0")
     if resume and not (run_dir / "last").exists():
         raise UserError(f"cannot resume: {run_dir / 'last'} does not exist")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
 
-    if cfg.data.shards:  # WebDataset shards: classes from their index.json (data/shards.py)
+
+def read_classes(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], list | None, list | None]:
+    """(class names per head, train records, val records): from the shards' index.json (records
+    None: the shards hold the clips), or one manifest read shared by the train and val splits."""
+    if cfg.data.shards:  # WebDataset shards (data/shards.py)
         from .data.shards import read_index
 
-        classes = read_index(cfg.data.shards, cfg.data.shards_index)["classes"]
-    else:
-        # Data: one manifest read gives the class list shared by the train and val splits.
-        man = read_manifest(cfg.data.manifest, format=cfg.data.format, root=cfg.data.root)
-        classes = man.classes
-        train_recs = [r for r in man.records if r.split == cfg.data.train_split]
-        val_recs = [r for r in man.records if cfg.data.val_split and r.split == cfg.data.val_split]
-        if not train_recs:
-            raise ConfigError(f"no '{cfg.data.train_split}' clips in {cfg.data.manifest}")
+        return read_index(cfg.data.shards, cfg.data.shards_index)["classes"], None, None
+    from .data.manifests import read_manifest
 
-    _seed_all(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    man = read_manifest(cfg.data.manifest, format=cfg.data.format, root=cfg.data.root)
+    train_recs = [r for r in man.records if r.split == cfg.data.train_split]
+    val_recs = [r for r in man.records if cfg.data.val_split and r.split == cfg.data.val_split]
+    if not train_recs:
+        raise ConfigError(f"no '{cfg.data.train_split}' clips in {cfg.data.manifest}")
+    return man.classes, train_recs, val_recs
+
+
+def build_network(cfg: ExperimentConfig, classes: dict[str, list[str]], device: torch.device,
+                  *, main: bool = True) -> torch.nn.Module:
+    """The recipe's model with its initial weights (train.init), on `device`. Seeded, so every
+    rank starts from the same weights (DDP also broadcasts rank 0's)."""
+    tc = cfg.train
+    _seed_all(tc.seed)
     model = build_model(cfg, classes)
     _init_weights(model, cfg, classes)
     if cfg.loss.aux_ce > 0 and not getattr(model, "aux_heads", False):
@@ -296,233 +336,349 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
         elif main:
             print(f"warning: {cfg.model} has no set_grad_checkpointing; ignoring "
                   "train.grad_checkpoint", file=sys.stderr)
-    model.to(device)
-    two_views = cfg.loss.imc or cfg.loss.imal
-    shard_data = None
-    if cfg.data.shards:  # a fixed number of batches per rank; `sampler` takes epoch + skip
+    return model.to(device)
+
+
+def build_data(cfg: ExperimentConfig, net, classes, train_recs, val_recs, *, rank: int,
+               world: int, device: torch.device, two_views: bool) -> TrainData:
+    """The training loader of this rank (and the val set): shards give a fixed number of
+    batches per rank; files go through a ResumableSampler that can skip a resumed epoch's start."""
+    tc = cfg.train
+    loader_gen = torch.Generator()  # worker seeds must not draw from the model's RNG
+    if cfg.data.shards:
         from .data.shards import training_data
 
-        loader_gen = torch.Generator()  # worker seeds must not draw from the model's RNG
-        shard_data = training_data(cfg, world=world, rank=rank, two_views=two_views,
-                                   modalities=model.modalities,
-                                   loader_kwargs={**_loaders_kwargs(cfg, device),
-                                                  "generator": loader_gen})
-        train_set = sampler = shard_data["train_set"]
-        val_set, loader = shard_data["val_set"], shard_data["loader"]
-        steps_per_epoch = shard_data["steps"]
-    else:
-        train_set = AVDataset(train_recs, classes, cfg.data, train=True, two_views=two_views,
-                              modalities=model.modalities, seed=tc.seed)
-        val_set = (AVDataset(val_recs, classes, cfg.data, train=False,
-                             num_views=cfg.data.test_views, modalities=model.modalities,
-                             seed=tc.seed) if val_recs else None)
-        sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                                   seed=tc.seed)
-        loader_gen = torch.Generator()
-        # Persistent workers: no re-spawn (and dataset re-pickle) per epoch; the epoch reaches
-        # them in the sampler's keys. Not for shards: their stream reads epoch/skip from the
-        # dataset object, which only fresh workers see.
-        loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
-                            generator=loader_gen, persistent_workers=cfg.data.num_workers > 0,
-                            **_loaders_kwargs(cfg, device))
-        steps_per_epoch = len(sampler) // tc.batch_size
-        if steps_per_epoch == 0:
-            raise ConfigError(f"{len(sampler)} training clips per process is fewer than "
-                              f"train.batch_size={tc.batch_size}")
-    total = tc.epochs * steps_per_epoch
+        shard = training_data(cfg, world=world, rank=rank, two_views=two_views,
+                              modalities=net.modalities,
+                              loader_kwargs={**_loaders_kwargs(cfg, device),
+                                             "generator": loader_gen})
+        return TrainData(shard["train_set"], shard["val_set"], sampler=shard["train_set"],
+                         loader=shard["loader"], loader_gen=loader_gen,
+                         steps_per_epoch=shard["steps"], info=shard["data_info"])
+    from .data.dataset import AVDataset
 
-    opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr,
+    train_set = AVDataset(train_recs, classes, cfg.data, train=True, two_views=two_views,
+                          modalities=net.modalities, seed=tc.seed)
+    val_set = (AVDataset(val_recs, classes, cfg.data, train=False, num_views=cfg.data.test_views,
+                         modalities=net.modalities, seed=tc.seed) if val_recs else None)
+    sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                               seed=tc.seed)
+    # Persistent workers: no re-spawn (and dataset re-pickle) per epoch; the epoch reaches them
+    # in the sampler's keys. Not for shards: their stream reads epoch/skip from the dataset
+    # object, which only fresh workers see.
+    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
+                        generator=loader_gen, persistent_workers=cfg.data.num_workers > 0,
+                        **_loaders_kwargs(cfg, device))
+    steps_per_epoch = len(sampler) // tc.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(sampler)} training clips per process is fewer than "
+                          f"train.batch_size={tc.batch_size}")
+    return TrainData(train_set, val_set, sampler, loader, loader_gen, steps_per_epoch,
+                     info=_files_info(cfg, train_recs, val_recs))
+
+
+def _files_info(cfg: ExperimentConfig, train_recs: list, val_recs: list) -> dict:
+    from .data.synthetic import folder_version
+
+    info = {"train_clips": len(train_recs), "val_clips": len(val_recs)}
+    gen = folder_version(Path(cfg.data.manifest).parent)
+    if gen is not None and (Path(cfg.data.manifest).parent / "generator.json").is_file():
+        info["generator_version"] = gen  # built-in data: which generator made it
+    return info
+
+
+def build_optimizer(net: torch.nn.Module, tc, device: torch.device, steps_per_epoch: int):
+    """(AdamW, its per-step schedule: linear warm-up over train.warmup_epochs, cosine to min_lr)."""
+    total = tc.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(_param_groups(net, tc.weight_decay), lr=tc.lr,
                             fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
         s, total=total, warmup=round(tc.warmup_epochs * steps_per_epoch),
         min_ratio=tc.min_lr / tc.lr))
-    step, epoch, pos, best = 0, 1, 0, -1.0
-    if resume:
-        state = ckpt.load_train_state(run_dir / "last")
-        saved = ckpt.read_meta(run_dir / "last")
-        if saved["model"] != cfg.model:
-            raise UserError(f"cannot resume: {run_dir} trains '{saved['model']}', the config "
-                            f"says '{cfg.model}'")
-        ckpt.load_weights_into(model, run_dir / "last")
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, epoch, pos, best = state["step"], state["epoch"], state["pos"], state["best"]
-        if world != state.get("world_size", 1):
-            raise UserError(f"cannot resume exactly: saved with {state.get('world_size')} "
-                            f"processes, now {world}")
-        ckpt.set_rng_state(state.get("rng_ranks", [state["rng"]])[rank])  # each rank its own
-    else:
-        torch.manual_seed(tc.seed + rank)  # each rank its own dropout / drop-path noise
+    return opt, sched
 
-    net = model  # the plain module: checkpoints, eval and attributes
+
+def restore(run: Run) -> None:
+    """Resume RUN_DIR/last into `run`: weights, optimiser, schedule, counters, this rank's RNG."""
+    last = run.run_dir / "last"
+    state = ckpt.load_train_state(last)
+    saved = ckpt.read_meta(last)
+    if saved["model"] != run.cfg.model:
+        raise UserError(f"cannot resume: {run.run_dir} trains '{saved['model']}', the config "
+                        f"says '{run.cfg.model}'")
+    ckpt.load_weights_into(run.net, last)
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.step, run.epoch, run.pos = state["step"], state["epoch"], state["pos"]
+    run.best = state["best"]
+    if run.world != state.get("world_size", 1):
+        raise UserError(f"cannot resume exactly: saved with {state.get('world_size')} "
+                        f"processes, now {run.world}")
+    ckpt.set_rng_state(state.get("rng_ranks", [state["rng"]])[run.rank])  # each rank its own
+
+
+def wrap_model(net: torch.nn.Module, cfg: ExperimentConfig, world: int, device: torch.device,
+               two_views: bool) -> torch.nn.Module:
+    """What the steps run: DDP over several processes, then torch.compile when asked (after
+    DDP, as PyTorch recommends: DDP-aware graph breaks at the buckets)."""
+    model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=may_leave_parameters_unused(net, cfg.loss, two_views))
-    if tc.compile:  # after DDP, as PyTorch recommends (DDP-aware graph breaks at buckets)
+    if cfg.train.compile:
         model = torch.compile(model)
-    amp = dict(device_type=device.type, dtype=torch.bfloat16,
-               enabled=tc.amp and device.type == "cuda")
-    log = open(run_dir / "metrics.jsonl", "a") if main else None
-    tb = None
-    if main:
+    return model
+
+
+def build_run(cfg: ExperimentConfig, out_dir, *, resume: bool = False, on_record=None) -> Run:
+    """Set up the run in the order that fixes its randomness: initial weights (seeded), data,
+    optimiser, then the resumed state or each rank's own seed; then DDP, compile and the logs."""
+    tc, run_dir = cfg.train, Path(out_dir)
+    rank, world, device = distributed.setup(tc.device)
+    cpu_group = distributed.cpu_group()
+    _check_config(cfg, run_dir, resume)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    classes, train_recs, val_recs = read_classes(cfg)
+    net = build_network(cfg, classes, device, main=rank == 0)
+    two_views = cfg.loss.imc or cfg.loss.imal
+    data = build_data(cfg, net, classes, train_recs, val_recs, rank=rank, world=world,
+                      device=device, two_views=two_views)
+    opt, sched = build_optimizer(net, tc, device, data.steps_per_epoch)
+    run = Run(cfg, run_dir, rank, world, device, cpu_group, classes, net=net, model=net,
+              data=data, opt=opt, sched=sched, two_views=two_views, on_record=on_record,
+              amp=dict(device_type=device.type, dtype=torch.bfloat16,
+                       enabled=tc.amp and device.type == "cuda"))
+    if resume:
+        restore(run)
+    else:
+        torch.manual_seed(tc.seed + rank)  # each rank its own dropout / drop-path noise
+    run.model = wrap_model(net, cfg, world, device, two_views)
+    if run.main:
+        run.log = open(run_dir / "metrics.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(run_dir / "tb"))
+            run.tb = SummaryWriter(str(run_dir / "tb"))
         except ImportError:
             pass
-    data_info = (shard_data["data_info"] if shard_data else
-                 {"train_clips": len(train_recs), "val_clips": len(val_recs)})
-    if not shard_data:
-        from .data.synthetic import folder_version
+    return run
 
-        gen = folder_version(Path(cfg.data.manifest).parent)
-        if gen is not None and (Path(cfg.data.manifest).parent / "generator.json").is_file():
-            data_info["generator_version"] = gen  # built-in data: which generator made it
 
-    def write(record: dict) -> None:
-        if main:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            if on_record is not None:
-                on_record(record)
-            if tb:
-                for k, v in record.items():
-                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                        tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+def write_record(run: Run, record: dict) -> None:
+    """Rank 0: one line of metrics.jsonl, on_record, and the numbers to TensorBoard."""
+    if not run.main:
+        return
+    run.log.write(json.dumps(record) + "\n")
+    run.log.flush()
+    if run.on_record is not None:
+        run.on_record(record)
+    if run.tb:
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                run.tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
 
-    def save(metrics: dict, is_best: bool) -> None:
-        rngs = distributed.all_objects(ckpt.rng_state())  # every rank takes part
-        if not main:
-            return
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": rngs[0], "rng_ranks": rngs, "step": step, "epoch": epoch, "pos": pos,
-                 "best": best, "world_size": world}
-        epochs_done = round(epoch - 1 + pos / steps_per_epoch, 4)  # e.g. 2.5 = mid-epoch 3
-        meta = ckpt.make_meta(cfg, net, classes, metrics=metrics, step=step, epoch=epochs_done,
-                              data_info=data_info)
-        target = ckpt.write_checkpoint_dir(run_dir / f"step-{step:07d}", net, meta, state)
-        ckpt.point_link(run_dir, "last", target)
-        if is_best:
-            ckpt.point_link(run_dir, "best", target)
-        _prune(run_dir, tc.keep_last)
 
-    val_report, views_report, train_stats = {}, {}, {}
-    done = bool(tc.max_steps and step >= tc.max_steps)
-    stopped = False
-    while epoch <= tc.epochs and not done:
-        sampler.set_epoch(epoch)
-        sampler.skip = pos * tc.batch_size  # mid-epoch resume: skip what was already seen
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        loader_gen.manual_seed(tc.seed * 100_003 + epoch)  # worker seeds: a function of epoch
-        # Running sums stay on the device (loss·n, correct) or the host (samples, skipped
-        # clips): the host reads the device only every log_every steps and at the epoch's end.
-        dev_sums = torch.zeros(2, dtype=torch.float64, device=device)
-        count = skipped = 0
-        bar = tqdm(total=steps_per_epoch, initial=pos, desc=f"epoch {epoch}/{tc.epochs}",
-                   disable=not (progress and main), file=sys.stderr, dynamic_ncols=True)
-        t_epoch, seen = time.time(), 0
-        for batch in loader:
-            pos += 1
-            bar.update(1)
-            skipped += int(batch.get("skipped", 0)) if batch else 0
-            n = len(batch["index"]) if batch and "index" in batch else 0
-            # Every rank takes the step together (or skips it together); the sizes travel
-            # over a CPU channel and size the global batch of the contrastive losses.
-            sizes = distributed.all_sizes(n, cpu_group)
-            if min(sizes) == 0:
-                continue
-            labels = {h: y.to(device, non_blocking=True) for h, y in batch["labels"].items()}
-            out, losses = _forward_losses(model, net, batch, labels, cfg, epoch, device, amp,
-                                          two_views, distributed.row_gatherer(sizes))
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            losses = {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
-            if tc.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += n
-            count += n
-            first = next(iter(labels))
-            correct = (out.head_logits[first].detach().argmax(-1) == labels[first]).sum()
-            dev_sums += torch.stack([losses["total"].detach().double() * n, correct.double()])
-            if tc.log_every and step % tc.log_every == 0:  # the one host sync of log_every steps
-                rate = seen * world / max(1e-9, time.time() - t_epoch)
-                values = {k: float(v) for k, v in losses.items()}
-                loss_sum, correct_sum = dev_sums.tolist()
-                bar.set_postfix(loss=f"{values['total']:.3f}", acc=f"{correct_sum / count:.2f}",
-                                sps=f"{rate:.1f}")
-                write({"type": "step", "step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
-                       **values, "acc": float(correct) / n, "samples_per_s": rate})
-            if tc.max_steps and step >= tc.max_steps:
-                done = True
-            if stop is not None and stop.is_set():
-                done = stopped = True
-            epoch_end = pos >= steps_per_epoch
-            if (done or (tc.save_every_steps and step % tc.save_every_steps == 0)) \
-                    and not epoch_end:
-                save({"train_loss": float(losses["total"])}, is_best=False)
-            if done:
-                break
-        bar.close()
-        loss_sum, correct, count, skipped = distributed.all_sum(
-            [*dev_sums.tolist(), count, skipped], device)
-        train_stats = {"train_loss": loss_sum / max(1, count), "train_top1": correct / max(1, count),
-                       "skipped": int(skipped)}
-        if pos < steps_per_epoch:  # stopped by max_steps in the middle of the epoch
+def save_checkpoint(run: Run, metrics: dict, is_best: bool) -> None:
+    """RUN_DIR/step-NNNNNNN with weights, meta and the resume state; `last` (and `best`) point
+    at it; old steps pruned. Every rank must call it: it gathers every rank's RNG state."""
+    rngs = distributed.all_objects(ckpt.rng_state())
+    if not run.main:
+        return
+    tc = run.cfg.train
+    state = {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+             "rng": rngs[0], "rng_ranks": rngs, "step": run.step, "epoch": run.epoch,
+             "pos": run.pos, "best": run.best, "world_size": run.world}
+    epochs_done = round(run.epoch - 1 + run.pos / run.data.steps_per_epoch, 4)  # 2.5: mid-epoch 3
+    meta = ckpt.make_meta(run.cfg, run.net, run.classes, metrics=metrics, step=run.step,
+                          epoch=epochs_done, data_info=run.data.info)
+    target = ckpt.write_checkpoint_dir(run.run_dir / f"step-{run.step:07d}", run.net, meta, state)
+    ckpt.point_link(run.run_dir, "last", target)
+    if is_best:
+        ckpt.point_link(run.run_dir, "best", target)
+    _prune(run.run_dir, tc.keep_last)
+
+
+def close_logs(run: Run) -> None:
+    if run.log:
+        run.log.close()
+    if run.tb:
+        run.tb.close()
+
+
+def train_step(run: Run, batch: dict, sizes: list[int]) -> tuple[dict, torch.Tensor]:
+    """One optimiser step on `batch` (every rank's batch size in `sizes`): forward, eq. 7,
+    backward, gradient clipping, AdamW, the schedule. Returns (the detached loss terms, the
+    number of clips the first head got right, on the device)."""
+    tc = run.cfg.train
+    labels = {h: y.to(run.device, non_blocking=True) for h, y in batch["labels"].items()}
+    out, losses = _forward_losses(run.model, run.net, batch, labels, run.cfg, run.epoch,
+                                  run.device, run.amp, run.two_views,
+                                  distributed.row_gatherer(sizes))
+    run.opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    losses = {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
+    if tc.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
+    run.opt.step()
+    run.sched.step()
+    run.step += 1
+    first = next(iter(labels))
+    correct = (out.head_logits[first].detach().argmax(-1) == labels[first]).sum()
+    return losses, correct
+
+
+def train_epoch(run: Run, *, progress: bool = True, stop=None) -> tuple[dict, bool]:
+    """The steps of `run.epoch` from batch `run.pos` on, until the epoch ends, train.max_steps
+    is reached or `stop` is set (then a mid-epoch checkpoint is saved). Returns (train_loss,
+    train_top1 and skipped clips over all ranks, whether `stop` ended it)."""
+    from tqdm.auto import tqdm
+
+    tc, data = run.cfg.train, run.data
+    data.sampler.set_epoch(run.epoch)
+    data.sampler.skip = run.pos * tc.batch_size  # mid-epoch resume: skip what was already seen
+    if hasattr(data.train_set, "set_epoch"):
+        data.train_set.set_epoch(run.epoch)
+    data.loader_gen.manual_seed(tc.seed * 100_003 + run.epoch)  # worker seeds: a function of epoch
+    # Running sums stay on the device (loss·n, correct) or the host (samples, skipped clips): the
+    # host reads the device only every log_every steps and at the epoch's end.
+    dev_sums = torch.zeros(2, dtype=torch.float64, device=run.device)
+    count = skipped = 0
+    bar = tqdm(total=data.steps_per_epoch, initial=run.pos, desc=f"epoch {run.epoch}/{tc.epochs}",
+               disable=not (progress and run.main), file=sys.stderr, dynamic_ncols=True)
+    started, done, stopped = time.time(), False, False
+    for batch in data.loader:
+        run.pos += 1
+        bar.update(1)
+        skipped += int(batch.get("skipped", 0)) if batch else 0
+        n = len(batch["index"]) if batch and "index" in batch else 0
+        # Every rank takes the step together (or skips it together); the sizes travel over a
+        # CPU channel and size the global batch of the contrastive losses.
+        sizes = distributed.all_sizes(n, run.cpu_group)
+        if min(sizes) == 0:
+            continue
+        losses, correct = train_step(run, batch, sizes)
+        count += n
+        dev_sums += torch.stack([losses["total"].detach().double() * n, correct.double()])
+        if tc.log_every and run.step % tc.log_every == 0:  # the one host sync of log_every steps
+            rate = count * run.world / max(1e-9, time.time() - started)
+            values = {k: float(v) for k, v in losses.items()}
+            _, correct_sum = dev_sums.tolist()
+            bar.set_postfix(loss=f"{values['total']:.3f}", acc=f"{correct_sum / count:.2f}",
+                            sps=f"{rate:.1f}")
+            write_record(run, {"type": "step", "step": run.step, "epoch": run.epoch,
+                               "lr": run.sched.get_last_lr()[0], **values,
+                               "acc": float(correct) / n, "samples_per_s": rate})
+        done = bool(tc.max_steps and run.step >= tc.max_steps)
+        if stop is not None and stop.is_set():
+            done = stopped = True
+        every = tc.save_every_steps and run.step % tc.save_every_steps == 0
+        if (done or every) and run.pos < data.steps_per_epoch:  # the epoch's end saves anyway
+            save_checkpoint(run, {"train_loss": float(losses["total"])}, is_best=False)
+        if done:
             break
-        final = epoch == tc.epochs or done
-        evaluate_now = val_set is not None and (
-            (tc.eval_every and epoch % tc.eval_every == 0) or final)
-        if evaluate_now:  # every rank evaluates its share; all get the same report
-            def evaluate(dataset, desc):
-                return run_eval(net, dataset, classes, batch_size=tc.batch_size, device=device,
-                                amp=tc.amp, num_workers=cfg.data.num_workers, progress=progress,
-                                desc=desc)
-            # `best` is chosen on one view in every epoch, so epochs compare like with like; the
-            # recipe's test_views (paper: 5) run once more at the end, reported beside it.
-            val_report = evaluate(_with_views(val_set, 1), f"val {epoch}")
-            if final and cfg.data.test_views > 1:
-                views_report = evaluate(val_set, f"val {epoch}, {cfg.data.test_views} views")
-        is_best = False
-        if val_report and evaluate_now:
-            top1 = headline_top1(val_report)
-            is_best, best = top1 > best, max(best, top1)
-        summary = {**train_stats, **({"val_top1": val_report.get("top1"),
-                                      "val_top5": val_report.get("top5"),
-                                      "val_skipped": val_report.get("skipped")}
-                                     if evaluate_now else {}),
-                   **({"val_views": views_report["views"],
-                       "val_views_top1": headline_top1(views_report)} if views_report else {})}
-        write({"type": "epoch", "step": step, "epoch": epoch, "seconds": time.time() - t_epoch,
-               **{k: v for k, v in summary.items() if v is not None}})
-        if main and progress:
-            print(f"epoch {epoch}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else
-                                                f"{k}={v}" for k, v in summary.items()),
-                  file=sys.stderr)
-        epoch, pos = epoch + 1, 0
-        save(summary, is_best=is_best)
-        if world > 1:
-            dist.barrier()  # rank 0 saved; nobody runs ahead of a checkpoint being written
+    bar.close()
+    loss_sum, correct, count, skipped = distributed.all_sum(
+        [*dev_sums.tolist(), count, skipped], run.device)
+    return {"train_loss": loss_sum / max(1, count), "train_top1": correct / max(1, count),
+            "skipped": int(skipped)}, stopped
 
-    if log:
-        log.close()
-    if tb:
-        tb.close()
-    best_link = run_dir / "best"
-    return {"run_dir": str(run_dir), "last": str(run_dir / "last"),
-            "best": str(best_link) if best_link.exists() else None, "step": step,
-            "epoch": min(epoch, tc.epochs), **train_stats,
+
+def validate(run: Run, *, final: bool, progress: bool = True) -> tuple[dict, dict]:
+    """(report on one view, report on the recipe's test_views or {}): every rank evaluates its
+    share and all get the same report. `best` is chosen on one view in every epoch, so epochs
+    compare like with like; test_views (paper: 5) run once more at the end, reported beside it."""
+    cfg = run.cfg
+
+    def evaluate(dataset, desc):
+        return run_eval(run.net, dataset, run.classes, batch_size=cfg.train.batch_size,
+                        device=run.device, amp=cfg.train.amp, num_workers=cfg.data.num_workers,
+                        progress=progress, desc=desc)
+
+    one_view = evaluate(_with_views(run.data.val_set, 1), f"val {run.epoch}")
+    views = {}
+    if final and cfg.data.test_views > 1:
+        views = evaluate(run.data.val_set, f"val {run.epoch}, {cfg.data.test_views} views")
+    return one_view, views
+
+
+def finish_epoch(run: Run, train_stats: dict, *, final: bool, started: float,
+                 progress: bool = True) -> tuple[dict | None, dict]:
+    """After an epoch's last step: validate (every train.eval_every epochs and at the end), move
+    `best`, write the epoch record, save the checkpoint (last, best) and wait for it. Returns
+    validate()'s two reports, (None, {}) when it did not validate."""
+    tc = run.cfg.train
+    evaluate_now = run.data.val_set is not None and (
+        (tc.eval_every and run.epoch % tc.eval_every == 0) or final)
+    val_report, views_report, is_best = None, {}, False
+    if evaluate_now:
+        val_report, views_report = validate(run, final=final, progress=progress)
+        if val_report:
+            top1 = headline_top1(val_report)
+            is_best, run.best = top1 > run.best, max(run.best, top1)
+    summary = {**train_stats, **({"val_top1": val_report.get("top1"),
+                                  "val_top5": val_report.get("top5"),
+                                  "val_skipped": val_report.get("skipped")}
+                                 if evaluate_now else {}),
+               **({"val_views": views_report["views"],
+                   "val_views_top1": headline_top1(views_report)} if views_report else {})}
+    write_record(run, {"type": "epoch", "step": run.step, "epoch": run.epoch,
+                       "seconds": time.time() - started,
+                       **{k: v for k, v in summary.items() if v is not None}})
+    if run.main and progress:
+        print(f"epoch {run.epoch}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else
+                                                f"{k}={v}" for k, v in summary.items()),
+              file=sys.stderr)
+    run.epoch, run.pos = run.epoch + 1, 0
+    save_checkpoint(run, summary, is_best=is_best)
+    if run.world > 1:
+        dist.barrier()  # rank 0 saved; nobody runs ahead of a checkpoint being written
+    return val_report, views_report
+
+
+def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
+          on_record=None, stop=None) -> dict:
+    """Train `cfg` into RUN_DIR `out_dir` (metrics.jsonl, step-*/ checkpoints, last, best).
+
+    on_record(record): called on rank 0 with every record written to metrics.jsonl (step and
+    epoch records). stop: a threading.Event-like object checked after every step; once set, the
+    run saves a checkpoint and returns normally with "stopped": True.
+    """
+    t0 = time.time()
+    run = build_run(cfg, out_dir, resume=resume, on_record=on_record)
+    tc = cfg.train
+    val_report, views_report, train_stats = {}, {}, {}
+    done = bool(tc.max_steps and run.step >= tc.max_steps)
+    stopped = False
+    while run.epoch <= tc.epochs and not done:
+        started = time.time()
+        train_stats, stopped = train_epoch(run, progress=progress, stop=stop)
+        done = stopped or bool(tc.max_steps and run.step >= tc.max_steps)
+        if run.pos < run.data.steps_per_epoch:  # ended by max_steps / stop mid-epoch
+            break
+        val, views = finish_epoch(run, train_stats, final=run.epoch == tc.epochs or done,
+                                  started=started, progress=progress)
+        if val is not None:  # it validated: these are the latest reports
+            val_report, views_report = val, views
+    close_logs(run)
+    return _result(run, train_stats, val_report, views_report, stopped=stopped,
+                   seconds=time.time() - t0)
+
+
+def _result(run: Run, train_stats: dict, val_report: dict, views_report: dict, *,
+            stopped: bool, seconds: float) -> dict:
+    """train()'s return value: where the run is, its last train and val numbers, its weights."""
+    best_link = run.run_dir / "best"
+    return {"run_dir": str(run.run_dir), "last": str(run.run_dir / "last"),
+            "best": str(best_link) if best_link.exists() else None, "step": run.step,
+            "epoch": min(run.epoch, run.cfg.train.epochs), **train_stats,
             **({"val_" + k: val_report[k] for k in ("top1", "top5", "clips", "skipped")
                 if k in val_report}),
             **({"val_views": views_report["views"],
                 "val_views_top1": headline_top1(views_report)} if views_report else {}),
-            "best_top1": best if best >= 0 else None, "seconds": round(time.time() - t0, 1),
-            "stopped": stopped,
-            "world_size": world, "device": str(device), "weights_sha256": _weights_hash(net)}
+            "best_top1": run.best if run.best >= 0 else None, "seconds": round(seconds, 1),
+            "stopped": stopped, "world_size": run.world, "device": str(run.device),
+            "weights_sha256": _weights_hash(run.net)}
 
 
 def _weights_hash(model: torch.nn.Module) -> str:
