@@ -1,5 +1,5 @@
 """Repository structure: mmt_core's modules import each other without a cycle, and every local
-link of README.md points at a file that exists."""
+link of README.md points at a file (and heading) that exists."""
 from __future__ import annotations
 
 import ast
@@ -86,10 +86,24 @@ def test_mmt_core_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_readme_links_point_at_existing_files():
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    heads = re.findall(r"^#+\s+(.+?)\s*$", markdown, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_heading_anchors_follow_github():
+    assert heading_anchors("# Own data: `mmt compare`\n## Table 2 on the built-in set") == {
+        "own-data-mmt-compare", "table-2-on-the-built-in-set"}
+
+
+def test_readme_links_point_at_existing_files_and_headings():
     text = (ROOT / "README.md").read_text()
-    targets = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r'src="([^"]+)"', text)
-    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and t.split("#")[0]]
-    assert local, "README.md has no local links to check"
-    missing = [t for t in local if not (ROOT / t).exists()]
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert len(local) >= 5, "README.md should link its docs"
+    missing = [t for t in local if not (ROOT / t.split("#")[0]).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
+    bad = [t for t in local if "#" in t and t.split("#")[0].endswith(".md")
+           and t.split("#")[1] not in heading_anchors((ROOT / t.split("#")[0]).read_text())]
+    assert not bad, f"README.md links to missing headings: {bad}"
