@@ -1,6 +1,7 @@
 """How long the Teach tab takes: 5 classes x 6 clips of 3-5 s, train with the default settings.
 
     python benchmarks/bench_teach.py [--classes 5] [--clips 6] [--threads 2] [--epochs N]
+    python benchmarks/bench_teach.py --real SET/manifest.csv [--others OTHER/manifest.csv]
 
 Writes the clips with the built-in generator (5 of its classes; clip lengths cycle through 3, 3.5,
 4, 4.5 and 5 s) into a temp dir, then runs exactly what the Teach tab runs (workbench.teach.TeachJob:
@@ -8,6 +9,11 @@ own_data.train_own → engine.train for the audio-only and video-only models fro
 encoders, then the MMT from those; each clip decoded once into the run's cache; the OOD reference
 of each taught model). Prints one JSON object: wall seconds, validation top-1 of the three models,
 the machine's load before and after.
+
+--real: teach the 'train' clips of a manifest with train and test splits (e.g. a small set of
+../shared/datasets/instruments.py, --classes 4) instead, then score the held-out 'test' clips with
+each taught model as the app does (top-1, and how many are flagged "unlike the training data"),
+and, with --others, how many clips of other classes (and one of white noise) are still flagged.
 """
 from __future__ import annotations
 
@@ -40,6 +46,53 @@ def make_clips(root: Path, classes: int, clips: int) -> dict[str, int]:
     return {c.name: len(list(c.glob("*.mp4"))) for c in sorted(root.iterdir()) if c.is_dir()}
 
 
+def real_clips(manifest: Path, root: Path) -> dict[str, int]:
+    """Class folders of links to the manifest's 'train' clips (what a teacher would upload)."""
+    from mmt_core.data.manifests import read_manifest
+
+    man = read_manifest(manifest)
+    names = man.classes["label"]
+    for r in man.records:
+        if r.split == "train":
+            d = root / names[r.labels["label"]]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / Path(r.path).name).symlink_to(Path(r.path).resolve())
+    return {c.name: len(list(c.iterdir())) for c in sorted(root.iterdir())}
+
+
+def score_held_out(taught: Path, manifest: Path, others: Path | None, tmp: Path) -> dict:
+    """Each taught model on the manifest's 'test' clips, as `mmt predict` scores one clip:
+    top-1, and the share flagged "unlike the training data"; the same flag on other classes."""
+    import subprocess
+
+    from mmt_core.data.manifests import read_manifest
+    from mmt_core.inference import predict_file
+    from workbench.inference import DEMO_MODELS
+
+    man = read_manifest(manifest)
+    test = [r for r in man.records if r.split == "test"]
+    names = man.classes["label"]
+    noise = tmp / "noise.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=160x160:d=3",
+                    "-f", "lavfi", "-i", "anoisesrc=d=3", "-shortest", str(noise)], check=True)
+    foreign = [noise] + ([r.path for r in read_manifest(others).records
+                          if read_manifest(others).classes["label"][r.labels["label"]] not in names]
+                         if others else [])
+    out = {"held_out_clips": len(test), "foreign_clips": len(foreign)}
+    for role, name in DEMO_MODELS.items():
+        hits = flagged = 0
+        for r in test:
+            res = predict_file(r.path, taught / name, topk=1)
+            hits += res["predictions"]["label"][0]["label"] == names[r.labels["label"]]
+            flagged += bool(res["ood"] and res["ood"]["flagged"])
+        f_flag = sum(bool((res := predict_file(p, taught / name, topk=1))["ood"]
+                          and res["ood"]["flagged"]) for p in foreign)
+        out[f"held_out_top1_{role}"] = round(hits / len(test), 4)
+        out[f"held_out_flagged_{role}"] = round(flagged / len(test), 4)
+        out[f"foreign_flagged_{role}"] = round(f_flag / len(foreign), 4)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classes", type=int, default=5)
@@ -48,6 +101,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="per model (default: the Teach tab's, workbench.teach.EPOCHS)")
     p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--real", default="", help="a manifest with train/test splits to teach")
+    p.add_argument("--others", default="", help="a manifest of clips of other classes")
     a = p.parse_args()
     import torch
 
@@ -60,7 +115,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_teach_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        counts = make_clips(tmp / "clips", a.classes, a.clips)
+        counts = (real_clips(Path(a.real), tmp / "clips") if a.real
+                  else make_clips(tmp / "clips", a.classes, a.clips))
         t_make = time.perf_counter() - t0
         t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         job = TeachJob.start(tmp / "clips", tmp / "job", Path(a.checkpoints),
@@ -70,10 +126,12 @@ def main() -> None:
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         snap = job.snapshot()
-    if snap["status"] != "done":
-        raise SystemExit(f"training {snap['status']}: {snap['error']}")
+        if snap["status"] != "done":
+            raise SystemExit(f"training {snap['status']}: {snap['error']}")
+        held = score_held_out(tmp / "job" / "taught", Path(a.real), Path(a.others) if a.others
+                              else None, tmp) if a.real else {}
     r = snap["result"]
-    print(json.dumps({
+    print(json.dumps({**held,
         "teach_seconds": round(seconds, 1), "target_seconds": 120,
         # CPU seconds of this process: on a shared machine, cpu / threads is what the run
         # would take on idle cores (the wall clock above includes waiting for other jobs)

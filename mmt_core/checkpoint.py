@@ -177,6 +177,9 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu"):
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{dir}: cannot rebuild model '{meta.get('model')}' ({e})") from None
     load_weights_into(model, dir)
+    from .fewshot import attach, load_pool
+
+    attach(model, load_pool(dir))  # a few-clip checkpoint's pooled predictions (eval only)
     return model.to(device), meta
 
 
@@ -273,6 +276,8 @@ def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = N
     os.chmod(tmp, 0o755)
     try:
         shutil.copyfile(src / WEIGHTS, tmp / WEIGHTS)
+        if (src / "fewshot.safetensors").is_file():  # fitted on these weights: travels with them
+            shutil.copyfile(src / "fewshot.safetensors", tmp / "fewshot.safetensors")
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=_json_default))
         if dst.is_dir() and (dst / WEIGHTS).is_file() and \
                 filecmp.cmp(src / WEIGHTS, dst / WEIGHTS, shallow=False):

@@ -100,6 +100,12 @@ class TrainConfig:
     # classes starts its fused head at [W_V, W_A], b_V + b_A (logit-sum late fusion). Off: the
     # paper's recipes and the ablation rows keep a fresh head; the own-data MMT recipe turns it on.
     init_fused_head: bool = False
+    # After training, fit mmt_core.fewshot's pool (descriptor probes + network, weights from
+    # out-of-sample predictions) into the best checkpoint. Own-data recipes: on.
+    fewshot_pool: bool = False
+    # Own data: at least this many optimizer steps, whatever the epoch count (a few clips give
+    # only a few steps per epoch). 0 = the epochs alone.
+    min_steps: int = 0
 
 
 @dataclass

@@ -152,7 +152,7 @@ def prepare_own_data(data, cfg: ExperimentConfig, run_dir, progress: bool = True
     absolute paths) with splits train / val[ / test] and the statistics, window and cache dir."""
     from .data.features import cached_dataset_stats
     from .data.manifests import read_manifest
-    from .data.splits import carve_split, write_plain_manifest
+    from .data.splits import carve_split, check_groups, write_plain_manifest
 
     p = Path(data).expanduser()
     if p.is_dir() and not any(p.iterdir()):
@@ -170,19 +170,23 @@ def prepare_own_data(data, cfg: ExperimentConfig, run_dir, progress: bool = True
     _missing(records, str(p))
     durations = _durations(records)
     check_records(records, man.classes["label"], tr, durations, str(p))
+    check_groups([r for r in records if r.split == tr], str(p))
 
     run = Path(run_dir)
     notes = []
     val = d.val_split or "val"
     if not any(r.split == val for r in records):
         train_only = [r for r in records if r.split == tr]
-        carved = carve_split(train_only, d.val_fraction, cfg.train.seed, name=val)
+        single: list[str] = []
+        carved = carve_split(train_only, d.val_fraction, cfg.train.seed, name=val, notes=single)
         rest = [r for r in records if r.split != tr]
         records = carved + rest
         n_val = sum(r.split == val for r in carved)
         notes.append(f"no '{val}' split: carved {n_val} of {len(train_only)} training clips "
-                     f"({d.val_fraction:.0%} per class, seed {cfg.train.seed}) into "
-                     f"{run / 'manifest.csv'}; `best` is chosen on them")
+                     f"(~{d.val_fraction:.0%} per class, whole sources: a recording never "
+                     f"straddles train and val; seed {cfg.train.seed}) into "
+                     f"{run / 'manifest.csv'}; `best` and the few-clip pool are chosen on them")
+        notes += single
     manifest = write_plain_manifest(run / "manifest.csv", records, man.classes)
     d.manifest, d.format, d.root, d.val_split = str(manifest.resolve()), "plain", "", val
 
@@ -243,6 +247,47 @@ def _with_data(cfg: ExperimentConfig, data: DataConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(data))
 
 
+def step_budget(cfg: ExperimentConfig) -> ExperimentConfig:
+    """cfg with its epochs raised so that training takes at least train.min_steps optimizer
+    steps: six clips per class give two or three steps an epoch, too few to learn anything."""
+    if cfg.train.min_steps <= 0:
+        return cfg
+    from .data.manifests import read_manifest
+
+    n = sum(r.split == cfg.data.train_split
+            for r in read_manifest(cfg.data.manifest, format="plain").records)
+    per_epoch = max(1, n // cfg.train.batch_size)  # the loader drops the last partial batch
+    epochs = max(cfg.train.epochs, math.ceil(cfg.train.min_steps / per_epoch))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+
+
+def fit_run_pool(cfg: ExperimentConfig, checkpoint, progress: bool = True) -> dict:
+    """Fit mmt_core.fewshot's pool for `checkpoint` on the run's train and val clips (the
+    cache, 1 view) and save it beside the weights; returns its report."""
+    from . import checkpoint as ckpt
+    from . import fewshot
+    from .data.dataset import AVDataset
+    from .data.manifests import read_manifest
+
+    (Path(checkpoint) / fewshot.POOL_FILE).unlink(missing_ok=True)  # fit on the network alone
+    model, meta = ckpt.load_checkpoint(checkpoint, "cpu")
+    records = read_manifest(cfg.data.manifest, format="plain").records
+
+    def part(split):
+        recs = [r for r in records if r.split == split]
+        if not split or not recs:
+            return {}
+        return fewshot.collect(model, AVDataset(recs, meta["classes"], cfg.data, train=False,
+                                                num_views=1, modalities=model.modalities))
+
+    pool = fewshot.fit_pool(model, part(cfg.data.train_split), part(cfg.data.val_split),
+                            len(meta["classes"]["label"]), (cfg.data.video_mean, cfg.data.video_std))
+    fewshot.save_pool(checkpoint, pool)
+    _say(progress, "few-clip pool of {}: weights {}".format(
+        Path(checkpoint).parent.name, ", ".join(f"{k} {v:.2f}" for k, v in pool.weights.items())))
+    return pool.report
+
+
 def _run(cfg, out, name, *, progress, on_record, stop):
     from .engine import train
 
@@ -250,7 +295,11 @@ def _run(cfg, out, name, *, progress, on_record, stop):
     if on_record is not None:
         def hook(record):
             on_record({**record, "run": name})
-    return train(cfg, out, progress=progress, on_record=hook, stop=stop)
+    cfg = step_budget(cfg)
+    res = train(cfg, out, progress=progress, on_record=hook, stop=stop)
+    if cfg.train.fewshot_pool and not res.get("stopped") and _best(res):
+        res["fewshot"] = fit_run_pool(cfg, _best(res), progress)
+    return res
 
 
 def _best(result: dict) -> str:

@@ -33,7 +33,7 @@ MIN_CLASSES, MAX_CLASSES = 2, 10
 MAX_CLIPS_PER_CLASS = 200
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 # The taught checkpoints' files: all a zip may hold (besides folders).
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "ood.safetensors")
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "ood.safetensors", "fewshot.safetensors")
 ZIP_FOLDER = "mmt_taught"  # the zip's top folder: unzip, then --checkpoint mmt_taught/mmt_tiny
 MAX_ZIP_MB = 100.0  # uncompressed: three tiny checkpoints are ~15 MB
 BATCH = 8  # clips per step: 5 classes x 6 clips give ~3 steps per epoch

@@ -38,6 +38,9 @@ class ClipRecord:
     start: float | None = None  # segment start in seconds (EPIC); None = whole file
     end: float | None = None
     id: str = ""
+    # Clips that share a source (a recording, a YouTube video, a sidecar's "group"/"source"):
+    # a validation split never straddles it (mmt_core.data.splits.group_of). "" = unknown.
+    group: str = ""
 
 
 @dataclass
@@ -115,7 +118,7 @@ def _finish(records, classes, fmt, path, split) -> Manifest:
 
 
 def read_plain(path: Path, root: Path, split: str | None) -> Manifest:
-    """CSV with header path,label[,split][,start,end]; paths relative to root."""
+    """CSV with header path,label[,split][,start,end][,group]; paths relative to root."""
     rows = _read_rows(path, header=True)
     if rows:
         _need(rows[0].keys(), ["path", "label"], path)
@@ -130,7 +133,8 @@ def read_plain(path: Path, root: Path, split: str | None) -> Manifest:
         st, en = r.get("start") or None, r.get("end") or None
         recs.append(ClipRecord(path=str(root / r["path"]), labels={"label": index[r["label"]]},
                                split=(r.get("split") or "").strip(), id=str(i),
-                               start=float(st) if st else None, end=float(en) if en else None))
+                               start=float(st) if st else None, end=float(en) if en else None,
+                               group=(r.get("group") or "").strip()))
     return _finish(recs, {"label": names}, "plain", path, split)
 
 
@@ -150,7 +154,7 @@ def read_vggsound(path: Path, root: Path, split: str | None) -> Manifest:
         stem = f"{r[0]}_{start:06d}"
         name = stems.get(stem) or stems.get(f"{r[0]}_{start}") or stem + ".mp4"
         recs.append(ClipRecord(path=str(root / name), labels={"label": index[r[2]]},
-                               split=r[3].strip(), id=stem))
+                               split=r[3].strip(), id=stem, group=r[0]))
     return _finish(recs, {"label": names}, "vggsound", path, split)
 
 
@@ -176,7 +180,8 @@ def read_kinetics_sounds(path: Path, root: Path, split: str | None) -> Manifest:
         if not p.exists():
             alt = root / sp / label.replace(" ", "_") / f"{name}.mp4"
             p = alt if alt.exists() else p
-        recs.append(ClipRecord(path=str(p), labels={"label": index[label]}, split=sp, id=name))
+        recs.append(ClipRecord(path=str(p), labels={"label": index[label]}, split=sp, id=name,
+                               group=r["youtube_id"]))
     return _finish(recs, {"label": list(KINETICS_SOUNDS_CLASSES)}, "kinetics_sounds", path, split)
 
 
@@ -218,7 +223,7 @@ def _epic_rows(path: Path, root: Path) -> list[ClipRecord]:
         recs.append(ClipRecord(
             path=str(p), labels={"verb": int(r["verb_class"]), "noun": int(r["noun_class"])},
             split=sp, start=_hms(r["start_timestamp"], path), end=_hms(r["stop_timestamp"], path),
-            id=r["narration_id"]))
+            id=r["narration_id"], group=r["video_id"]))
     return recs
 
 
