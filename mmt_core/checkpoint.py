@@ -179,7 +179,10 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu"):
     load_weights_into(model, dir)
     from .fewshot import attach, load_pool
 
-    attach(model, load_pool(dir))  # a few-clip checkpoint's pooled predictions (eval only)
+    try:
+        attach(model, load_pool(dir))  # a few-clip checkpoint's pooled predictions (eval only)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     return model.to(device), meta
 
 

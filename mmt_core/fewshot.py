@@ -158,35 +158,10 @@ class Pool:
         return output
 
 
-@torch.inference_mode()
-def collect(model, dataset, batch_size: int = 16) -> dict:
-    """{"logp": (n, C) network log-probs, "y": (n,), sense: (n, D) descriptors} of a dataset
-    (1 view, eval mode; broken clips are skipped)."""
-    from torch.utils.data import DataLoader
-
-    from .data.dataset import collate_skip_broken
-    from .evaluation import model_inputs, video_norm_of
-
-    norm = video_norm_of(dataset)
-    was = model.training
-    model.eval()
-    rows: dict[str, list] = {}
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_broken):
-        if not batch or not batch.get("labels"):
-            continue
-        inputs = model_inputs(batch, model.modalities, torch.device("cpu"), video_norm=norm)
-        out = model(**inputs)
-        rows.setdefault("logp", []).append(out.head_logits["label"].float().log_softmax(-1))
-        rows.setdefault("y", []).append(batch["labels"]["label"])
-        for s, x in descriptors(inputs, norm).items():
-            rows.setdefault(s, []).append(x)
-    model.train(was)
-    return {k: torch.cat(v) for k, v in rows.items()}
-
-
 def fit_pool(model, train: dict, val: dict, classes: int, video_norm) -> Pool:
     """Probes on train + val descriptors; weights from out-of-fold probe predictions (train +
-    val) and the network's predictions on val (`collect` outputs)."""
+    val) and the network's predictions on val (`own_data.collect_pool_inputs` outputs:
+    {"logp": (n, C) network log-probs, "y": (n,), sense: (n, D) descriptors})."""
     weights = {"net": fit_weight(val["logp"], val["y"]) if len(val.get("y", [])) else 1.0}
     probes, report = {}, {"val_clips": int(len(val.get("y", [])))}
     y = torch.cat([train["y"], val["y"]]) if len(val.get("y", [])) else train["y"]
@@ -224,8 +199,6 @@ def load_pool(checkpoint_dir) -> Pool | None:
     path = Path(checkpoint_dir) / POOL_FILE
     if not path.is_file():
         return None
-    from .checkpoint import CheckpointError
-
     probes: dict[str, dict] = {}
     try:
         with safe_open(str(path), "pt") as f:
@@ -236,7 +209,7 @@ def load_pool(checkpoint_dir) -> Pool | None:
         return Pool(probes, json.loads(meta["weights"]), json.loads(meta["video_norm"]),
                     json.loads(meta.get("report", "{}")))
     except Exception as e:  # safetensors and json errors come in many types
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__})") from None
+        raise ValueError(f"{path} is unreadable ({type(e).__name__})") from None
 
 
 def attach(model, pool: Pool | None):

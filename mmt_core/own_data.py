@@ -261,6 +261,34 @@ def step_budget(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
+def collect_pool_inputs(model, dataset, batch_size: int = 16) -> dict:
+    """{"logp": (n, C) network log-probs, "y": (n,), sense: (n, D) descriptors} of a dataset
+    (1 view, eval mode, no gradients; broken clips are skipped): what fewshot.fit_pool takes."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data.dataset import collate_skip_broken
+    from .evaluation import model_inputs, video_norm_of
+    from .fewshot import descriptors
+
+    norm = video_norm_of(dataset)
+    was = model.training
+    model.eval()
+    rows: dict[str, list] = {}
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_broken):
+            if not batch or not batch.get("labels"):
+                continue
+            inputs = model_inputs(batch, model.modalities, torch.device("cpu"), video_norm=norm)
+            out = model(**inputs)
+            rows.setdefault("logp", []).append(out.head_logits["label"].float().log_softmax(-1))
+            rows.setdefault("y", []).append(batch["labels"]["label"])
+            for s, x in descriptors(inputs, norm).items():
+                rows.setdefault(s, []).append(x)
+    model.train(was)
+    return {k: torch.cat(v) for k, v in rows.items()}
+
+
 def fit_run_pool(cfg: ExperimentConfig, checkpoint, progress: bool = True) -> dict:
     """Fit mmt_core.fewshot's pool for `checkpoint` on the run's train and val clips (the
     cache, 1 view) and save it beside the weights; returns its report."""
@@ -277,7 +305,7 @@ def fit_run_pool(cfg: ExperimentConfig, checkpoint, progress: bool = True) -> di
         recs = [r for r in records if r.split == split]
         if not split or not recs:
             return {}
-        return fewshot.collect(model, AVDataset(recs, meta["classes"], cfg.data, train=False,
+        return collect_pool_inputs(model, AVDataset(recs, meta["classes"], cfg.data, train=False,
                                                 num_views=1, modalities=model.modalities))
 
     pool = fewshot.fit_pool(model, part(cfg.data.train_split), part(cfg.data.val_split),

@@ -7,6 +7,7 @@ import shutil
 import zipfile
 
 import pytest
+import torch
 
 from conftest import make_media
 from mmt_core.errors import UserError
@@ -17,14 +18,25 @@ from wb_helpers import DEMO, make_checkpoint
 
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory):
-    """A 'taught' set: the three tiny models (random weights) with a reference in each."""
-    from mmt_core import ood
+    """A 'taught' set: the three tiny models (random weights) with a reference and a few-clip
+    pool (probes on random descriptors) in each."""
+    from mmt_core import fewshot, ood
+    from mmt_core.checkpoint import read_meta
 
     root = tmp_path_factory.mktemp("taught")
     clips = [make_media(root / f"ref{i}.mp4", seconds=1.0 + 0.5 * i) for i in range(3)]
     for name in DEMO:
         make_checkpoint(root, name)
         ood.build(root / name, clips)
+        meta = read_meta(root / name)
+        dims = {"audio": 2 * meta["preprocessing"]["num_mel_bins"], "video": fewshot.BINS ** 3}
+        classes = len(next(iter(meta["classes"].values())))
+        y = torch.arange(classes).repeat(2)
+        probes = {s: fewshot.fit_probe(torch.rand(len(y), dims[s]), y, classes)
+                  for s in fewshot.SENSES[meta["modalities"]]}
+        fewshot.save_pool(root / name, fewshot.Pool(probes, {"net": 1.0, **{s: 0.5 for s in probes}},
+                                                    (meta["preprocessing"]["video_mean"],
+                                                     meta["preprocessing"]["video_std"])))
     return root
 
 
