@@ -226,3 +226,32 @@ def test_served_dirs_leave_out_the_teach_folders(ckpts, tmp_path):
     assert Path(wb.examples()[0]).parent.parent in served
     assert not any(wb.teach_dir == d or wb.teach_dir in d.parents for d in served)
     assert wb.shown(wb.examples()[0]).startswith("examples/")
+
+
+def test_serving_other_machines_needs_a_password():
+    import subprocess
+    import sys
+
+    from wb_helpers import ROOT
+
+    run = lambda *a: subprocess.run([sys.executable, "app.py", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    out = run("--host", "0.0.0.0")
+    assert out.returncode == 2 and "give --auth USER:PASSWORD or --class-password" in out.stderr
+    bad = run("--auth", "nopassword")
+    assert bad.returncode == 2 and "give USER:PASSWORD" in bad.stderr
+
+
+def test_class_password_and_named_logins():
+    import importlib.util
+
+    from wb_helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("app_args", ROOT / "app.py")
+    src = (ROOT / "app.py").read_text().split("# Before the page is built")[0]
+    mod = importlib.util.module_from_spec(spec)
+    exec(compile(src, "app.py", "exec"), mod.__dict__)  # the arguments part, not the page
+    check = mod.make_auth([("alice", "pw1")], "class-pw")
+    assert check("alice", "pw1") and not check("alice", "class-pw")
+    assert check("anyone", "class-pw") and not check("anyone", "pw1") and not check("", "class-pw")
+    assert mod.make_auth(None, None) is None

@@ -44,3 +44,29 @@ def test_a_class_of_four_with_two_teachers(app, tmp_path):
     assert res["latency_s"]["/predict"]["n"] == 4 * 2 + 2  # + each teacher's switch back
     assert res["queue"]["train_running_max"] <= 1  # one training slot on this machine
     assert b.wait_no_session_files(app.cache_dir, timeout=60) == []
+
+
+def test_the_file_route_serves_no_teach_file_and_redirects_nowhere(app):
+    """gradio's /gradio_api/file= neither redirects to another site (the open redirect of
+    gradio 6.15-6.17, docs/security.md) nor serves the teach folders (blocked_paths)."""
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    secret = app.cache_dir / "teach" / "sessions" / "someone" / "knock" / "a.mp4"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_bytes(b"not for other students")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(f"{app.url}gradio_api/file={secret}", timeout=10)
+    assert e.value.code in (403, 404)
+    try:  # 6.31 fetches public URLs itself (no network here: an error), never redirects
+        code = opener.open(f"{app.url}gradio_api/file=https://example.com/x", timeout=30).status
+    except urllib.error.HTTPError as err:
+        code = err.code
+    except OSError:
+        code = None
+    assert code is None or not 300 <= code < 400, code
