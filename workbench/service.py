@@ -973,9 +973,13 @@ class Workbench:
         return {v: k for k, v in self._dataset_paths().items()}[str(path)]
 
     def _dataset_clip_path(self, ref) -> str:
-        path = self._dataset_paths().get(str(ref or ""))
+        """The dataset clip a page name (or, from Python, its path) stands for; nothing else."""
+        paths = self._dataset_paths()
+        path = paths.get(str(ref or ""))
+        if path is None and str(ref) in paths.values():
+            path = str(ref)
         if path is None:
-            raise UserError(f"not a clip of the analysed dataset: {ref}")
+            raise UserError(f"not a clip of the analysed dataset: {Path(str(ref)).name}")
         return path
 
     def dataset_clip(self, ref) -> Path:
