@@ -9,12 +9,45 @@ several. Its reference and example clips come from --data MANIFEST (one for all 
 MMT_CACHE_DIR, MMT_APP_MAX_SECONDS and MMT_APP_MAX_MB the demo models, cache and upload limits;
 MMT_APP_WARMUP the projections fitted at start (default "umap"; "none" for none);
 MMT_APP_THREADS torch's CPU threads (default 1; 0 = torch's default).
+A class on one server (docs/workbench.md, "Running it for a class"): --host 0.0.0.0 needs
+--auth USER:PASSWORD (repeatable) or --class-password (MMT_CLASS_PASSWORD; any user name), or
+--open; MMT_TRAIN_SLOTS training runs at once, MMT_APP_QUEUE waiting events at most,
+MMT_LIMIT_<GROUP> events of a group at once, MMT_TEACH_FOLDERS the server folders the Teach
+tab may read (default: none), MMT_SESSION_TTL_S an idle session's life.
 Importing this file only builds the page; models load in a warm-up thread at launch.
 """
 import argparse
+import hmac
 import os
 import sys
 import threading
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Events waiting in gradio's queue at most: a class of 30, each page with a few events queued
+# at once (an upload's predict and timeline, the Teach timer); past it a request is refused
+# with "Queue is full" at once instead of waiting minutes.
+QUEUE_MAX = int(os.environ.get("MMT_APP_QUEUE", "128"))
+
+
+def user_password(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError(f"{text!r}: give USER:PASSWORD")
+    return user, password
+
+
+def make_auth(pairs, class_password: str | None):
+    """gradio's auth: the USER:PASSWORD pairs, and any user name with the class password."""
+    if not pairs and not class_password:
+        return None
+    known = dict(pairs or [])
+
+    def check(user: str, password: str) -> bool:
+        if user in known:
+            return hmac.compare_digest(known[user].encode(), password.encode())
+        return bool(class_password and user) and hmac.compare_digest(
+            class_password.encode(), password.encode())
+    return check
 
 
 def port(text: str) -> int:
@@ -45,7 +78,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "every set, or once per --models)")
     p.add_argument("--split", default=os.environ.get("MMT_SPLIT", "test"),
                    help="with --models: the split of --data the reference clips come from")
+    p.add_argument("--auth", action="append", type=user_password, metavar="USER:PASSWORD",
+                   help="a login of the page and API (repeat for several)")
+    p.add_argument("--class-password", default=os.environ.get("MMT_CLASS_PASSWORD") or None,
+                   help="one password for a class: any user name logs in with it "
+                        "(default: MMT_CLASS_PASSWORD)")
+    p.add_argument("--open", action="store_true",
+                   help="serve another host than this machine without a password")
     args = p.parse_args(argv)
+    if args.host not in LOCAL_HOSTS and not (args.auth or args.class_password or args.open):
+        p.error(f"--host {args.host} serves other machines: give --auth USER:PASSWORD or "
+                "--class-password PASSWORD (or --open to serve without a password)")
     args.models = args.models or env_list("MMT_MODELS")  # the flags, else the environment's
     args.data = args.data or env_list("MMT_DATA")
     if args.data and not args.models:
@@ -114,7 +157,13 @@ if __name__ == "__main__":
 
     # Warm up in the background: the page is served at once, the first request waits for it.
     threading.Thread(target=warmup, daemon=True, name="warmup").start()
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    from workbench.ui import LIMITS
+
+    # each event's group and limit are set by workbench.ui.set_limits; the default covers none
+    demo.queue(default_concurrency_limit=LIMITS["light"], max_size=QUEUE_MAX)
+    # Served: only the folders the page shows files from (examples, dataset copies, thumbnails);
+    # the teach folders (sessions' clips, runs, taught sets) never, whatever a URL names.
     demo.launch(server_name=ARGS.host, server_port=ARGS.port,
-                max_file_size=f"{wb.max_mb:g}mb", allowed_paths=[str(wb.cache_dir)],
-                show_error=True)
+                max_file_size=f"{wb.max_mb:g}mb", allowed_paths=wb.served_dirs(),
+                blocked_paths=[str(wb.teach_dir)], show_error=True,
+                auth=make_auth(ARGS.auth, ARGS.class_password))

@@ -62,7 +62,9 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             expect(page.locator("#status")).to_contain_text("Unlike the training data",
                                                             timeout=180_000)
             page.screenshot(path=str(art / "workbench_ood.png"), full_page=True)
-            # Teach tab: two classes, uploaded several files at a time, then Train.
+            # Teach tab: two classes, uploaded several files at a time, then Train (a fresh
+            # page: an empty upload box for the prediction after, in this same session).
+            page.goto(app.url)
             page.get_by_role("tab", name="Teach").click()
             for name in TAUGHT:
                 page.locator("#teach-class").get_by_role("textbox").fill(name)
@@ -73,8 +75,9 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             expect(page.locator("#teach-result")).to_contain_text("Done", timeout=600_000)
             expect(page.locator("#teach-plot .js-plotly-plot")).to_be_attached(timeout=60_000)
             page.screenshot(path=str(art / "workbench_teach.png"), full_page=True)
-            # Predict now answers with the taught classes.
-            page.goto(app.url)
+            # Predict now answers with the taught classes (this session's: a reload would be
+            # a new session, with the demo models).
+            page.get_by_role("tab", name="Predict").click()
             page.locator("#clip input[type=file]").set_input_files(str(pairs[0][0]))
             for role in ("mmt", "audio", "video"):
                 for name in TAUGHT:
@@ -155,9 +158,14 @@ def test_a_webcam_recording_becomes_a_clip_of_the_class(app, tmp_path):
             expect(page.locator("#teach-table")).to_contain_text("webcam_knock", timeout=60_000)
             (ROOT / "artifacts").mkdir(exist_ok=True)
             page.screenshot(path=str(ROOT / "artifacts" / "workbench_webcam.png"), full_page=True)
+            # read while the page is open: a closed page's session and its clips are deleted
+            stored = list((app.cache_dir / "teach" / "sessions").glob("*/webcam_knock/*.webm"))
+            assert len(stored) == 1
+            kept = tmp_path / f"recording{stored[0].suffix}"
+            kept.write_bytes(stored[0].read_bytes())
+            stored = [kept]
         finally:
             browser.close()
-    stored = list((app.cache_dir / "teach" / "sessions").glob("*/webcam_knock/*.webm"))
     assert len(stored) == 1
     with av.open(str(stored[0])) as c:  # MediaRecorder's webm: no duration in the header
         assert c.duration is None and {s.type for s in c.streams} == {"video", "audio"}

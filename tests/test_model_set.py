@@ -290,7 +290,8 @@ def test_app_dataset_tab_on_a_compare_run(own_run, tmp_path):
         server.wait()
         c = Client(server.url, verbose=False)
         md, acc, per, role, fig, true, pred, sus = c.predict(api_name="/dataset")
-        assert "18 clips" in md and str(own_run / "manifest.csv") in md
+        assert "18 clips" in md and f"{own_run.name}/manifest.csv" in md
+        assert str(own_run) not in md  # no server path goes to the page
         assert [r[0] for r in acc["data"]] == ["fused (MMT)", "audio-only", "video-only", "Avg"]
         assert [r[0] for r in per["data"]] == CLASSES
         assert len(sus["data"]) == 18 and fig is not None

@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,9 @@ class ReferenceEmbeddings:
         self._ref: dict | None = None
         self._proj: dict[tuple[str, str], tuple] = {}
         self._placed: dict[tuple, np.ndarray] = {}
+        # computes the reference embeddings and each projection once; concurrent requests of
+        # the app wait for it (placing a point needs no lock: the fitted reducers are read-only)
+        self._lock = threading.RLock()
         self.hits = {"memory": 0, "disk": 0, "computed": 0}  # how each projection was obtained
 
     def _model_meta(self):
@@ -209,6 +213,10 @@ class ReferenceEmbeddings:
 
     def reference(self) -> dict:
         """{"embeds": {space: (n, D)}, "labels": (n,), "names": [n], "skipped": int}."""
+        with self._lock:
+            return self._reference()
+
+    def _reference(self) -> dict:
         if self._ref is None:
             path = self.dir / "reference.npz"
             if path.is_file():
@@ -232,6 +240,10 @@ class ReferenceEmbeddings:
 
     def projection(self, space: str, method: str) -> tuple[np.ndarray, object]:
         """(coords (n, 2), fitted reducer or None) of one space, cached in memory and on disk."""
+        with self._lock:
+            return self._projection(space, method)
+
+    def _projection(self, space: str, method: str) -> tuple[np.ndarray, object]:
         if (space, method) in self._proj:
             self.hits["memory"] += 1
             return self._proj[(space, method)]
@@ -266,6 +278,10 @@ class ReferenceEmbeddings:
 
     def scores(self) -> dict[str, dict[str, float]]:
         """{space: {"ari", "hs"}}: KMeans clusters vs labels (mmt_core.metrics.cluster_scores)."""
+        with self._lock:
+            return self._scores()
+
+    def _scores(self) -> dict[str, dict[str, float]]:
         path = self.dir / "scores.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -279,8 +295,10 @@ class ReferenceEmbeddings:
         return res
 
     def figure(self, space: str, method: str, *, point: np.ndarray | None = None,
-               point_name: str = "", point_label: str = ""):
-        """The reference set's scatter in one space/projection, `point` (D,) placed as a star."""
+               point_name: str = "", point_label: str = "", shown: dict | None = None):
+        """The reference set's scatter in one space/projection, `point` (D,) placed as a star.
+        Each point carries its clip's name for the page (`shown`: path → name; default the
+        path) in its customdata."""
         coords, _ = self.projection(space, method)
         ref = self.reference()
         xy = None if point is None else self.place(space, method, point)
@@ -288,7 +306,8 @@ class ReferenceEmbeddings:
         by_stem = {Path(r.path).stem: str(r.path) for r in self.records}  # names are stems
         return scatter_figure(coords, ref["labels"], self.class_names, ref["names"], point=xy,
                               point_name=point_name, point_label=point_label, title=title,
-                              paths=[by_stem.get(n, "") for n in ref["names"]])
+                              paths=[(shown or {}).get(p, p)
+                                     for p in (by_stem.get(n, "") for n in ref["names"])])
 
 
 def _atomic(path: Path, write) -> None:

@@ -9,16 +9,29 @@ Embeddings results of one upload decode and run the models once.
 Model sets (`Workbench.sets`, name → ModelSetEntry): "demo" (checkpoints/ on the built-in
 data), one per `python app.py --models DIR` named by its folder (a compare run, a taught folder,
 any folder mmt_core.model_set opens; its reference clips from `--data` / the manifest its fused
-model records), and "taught" (CACHE/teach/taught/, written by the Teach tab or /teach, or
-restored from a zip). `use(name)` switches the server-wide active set that every tab and
-endpoint answers with (the first --models set at start, else "demo"); one teach run at a time
-trains in a background thread.
+model records), and "taught" (the session's own CACHE/teach/taught/SESSION/, written by its Teach
+tab or /teach, or restored from a zip).
+
+Sessions (workbench.classroom): `wb.view(session_id)` is the Workbench as one browser session or
+API client sees it: its own active set (`use(name)` switches that session only), clips, taught
+set and training ticket; the loaded models and caches are shared, keyed by each set's folder (and
+how often it was replaced), so two sessions on the demo share everything. A view fixes its set
+when made, so one answer never mixes two sets. Teach runs wait in one FIFO queue
+(`classroom.TrainQueue`, MMT_TRAIN_SLOTS at once). `end_session(id)` (the page's unload, an
+idle session's age) drops its queued run, stops its running one and deletes its files.
+
+Threads: no lock is held while a model runs. Eval models under inference_mode are shared by
+concurrent requests; the explainers hook and differentiate a model, so each set has its own
+explain copies behind one lock per set. Each cache entry is computed once under its own lock
+(`_once`), so a slow one (the embedding warm-up) never holds up another (a predict).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +43,7 @@ from mmt_core.atomic import write_json
 from mmt_core.errors import MediaError, UserError
 from mmt_core.explain import CAM_BLOCKS
 
+from . import classroom
 from . import embeddings as emb
 from . import gradcam
 from . import teach as teaching
@@ -68,6 +82,16 @@ class ModelSetEntry:
     split: str = "test"  # the split of data its reference and dataset clips come from
 
 
+def clip_refs(paths) -> dict[str, str]:
+    """path → the name the page shows for it: its path under the clips' common folder (the
+    browser never sees a server path; the server maps the name back)."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        return {}
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return {p: os.path.relpath(os.path.abspath(p), root) for p in paths}
+
+
 def _env_list(name: str) -> list[str]:
     """An os.pathsep-separated list in an environment variable (app.py writes them)."""
     return [v for v in os.environ.get(name, "").split(os.pathsep) if v]
@@ -102,8 +126,11 @@ def model_set_entries(checkpoints: Path, taught: Path, models, data, split: str 
     return out
 
 
+_MISSING = object()  # a cache miss (None is a value: a set without an OOD reference)
+
+
 class Workbench:
-    """The app's state. Thread-safe: one lock around loading, one around model work."""
+    """The app's state. Thread-safe (module docstring: sessions and threads)."""
 
     def __init__(self, *, checkpoints: str | Path | None = None, cache_dir: str | Path | None = None,
                  max_seconds: float | None = None, max_mb: float | None = None,
@@ -125,30 +152,109 @@ class Workbench:
         self.reference_clips_per_class = int(os.environ.get("MMT_APP_REF_CLIPS",
                                                             reference_clips_per_class))
         self.seed = seed
+        # guards the cache dicts (never held while a model runs or a cache entry is computed)
         self._lock = threading.RLock()
+        self._key_locks: dict[tuple, threading.Lock] = {}  # (cache, key) -> its compute lock
         self.teach_dir = self.cache_dir / "teach"
         # The set registry, name → ModelSetEntry: "demo" (checkpoints/ on the built-in data),
-        # each `app.py --models DIR` by its folder name, and "taught" (the Teach tab's).
+        # each `app.py --models DIR` by its folder name, and "taught" (each session's own).
         listed = lambda v: [v] if isinstance(v, (str, Path)) else v  # noqa: E731
-        self.sets = model_set_entries(self.checkpoints, self.teach_dir / "taught",
+        self.sets = model_set_entries(self.checkpoints, self.teach_dir / "taught" / "local",
                                       listed(models) if models else _env_list("MMT_MODELS"),
                                       listed(data) if data else _env_list("MMT_DATA"),
                                       split or env("MMT_SPLIT") or "test")
-        # the model set every tab and endpoint uses: the first --models set, else "demo"
-        self.active = next((n for n, e in self.sets.items() if e.kind == "models"), "demo")
-        self._sets: dict[str, dict[str, LoadedModel]] = {}  # name → its loaded models
+        # a new session's model set: the first --models set, else "demo"
+        default = next((n for n, e in self.sets.items() if e.kind == "models"), "demo")
+        self.sessions = classroom.Sessions(default, self.teach_dir / "taught")
+        self.session = self.sessions.get("local")  # this object's session; views have theirs
+        self.active = self.session.active  # the set this object answers with
+        self._pinned: dict[str, LoadedModel] | None = None  # a view's models, fixed at first use
+        self._is_view = False
+        # "Add from a server folder": only under these folders (none: off)
+        self.teach_folders = [Path(f).expanduser().resolve()
+                              for f in _env_list("MMT_TEACH_FOLDERS")]
+        # a session not seen for this long is ended (API clients that never close, lost tabs)
+        self.session_ttl_s = _env_float("MMT_SESSION_TTL_S", 4 * 3600.0)
+        self._swept = time.time()
+        # Caches, keyed by `key` (a set's folder and how often it was replaced), shared by
+        # every session answering with that set.
+        self._generations: dict[str, int] = {}  # set folder -> times replaced
+        self._sets: dict[str, dict[str, LoadedModel]] = {}  # key → its loaded models
+        self._explain_sets: dict[str, dict[str, LoadedModel]] = {}  # key → explain copies
         self._explorers: dict[tuple, emb.ReferenceEmbeddings] = {}
         self._records: dict[str, list] = {}
-        self._ood: dict[tuple, dict | None] = {}  # (model set, checkpoint dir) -> ood reference
-        # (model set, sha256 of the file, window start) -> (Prepared, results)
+        self._ood: dict[tuple, dict | None] = {}  # (key, checkpoint dir) -> ood reference
+        # (key, sha256 of the file, window start) -> (Prepared, results): the last few clips
         self._prepared: OrderedDict = OrderedDict()
-        self._timelines: dict[tuple, dict] = {}  # (model set, sha256, stride) -> timeline
-        self._datasets: dict[str, object] = {}  # model set -> analysis.Evaluation of its data
-        self._dataset_hashes: dict[str, dict] = {}  # model set -> {sha256 of a clip: index}
-        self._dataset_path_sets: dict[str, set] = {}  # model set -> its dataset's clip paths
-        self._sidecars: dict[str, dict] = {}  # model set -> {sha256 of an example: sidecar}
+        # a class of 30 each on their own clip: predict, explain, embed of one upload all hit
+        self.prepared_max = int(env("MMT_APP_PREPARED", "32"))
+        self._timelines: OrderedDict = OrderedDict()  # (key, sha256, stride) -> timeline
+        self._datasets: dict[str, object] = {}  # key -> analysis.Evaluation of its data
+        self._dataset_hashes: dict[str, dict] = {}  # key -> {sha256 of a clip: index}
+        self._dataset_path_sets: dict[str, dict] = {}  # key -> {shown name: dataset clip}
+        self._reference_refs: dict[str, dict] = {}  # key -> {shown name: reference clip}
+        self._sidecars: dict[str, dict] = {}  # key -> {sha256 of an example: sidecar}
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
-        self.job: teaching.TeachJob | None = None
+        self.trainq = classroom.TrainQueue(classroom.train_slots(), self._launch, self._ended)
+
+    # ------------------------------------------------------------------ sessions
+    def view(self, session_id: str | None) -> "Workbench":
+        """This Workbench as session `session_id` sees it (made on its first request): its
+        active set (fixed for this view: one answer, one set), its taught set, its clips and
+        run. Caches and loaded models are shared. Also ends sessions idle past the TTL."""
+        self.sweep()
+        s = self.sessions.get(session_id)
+        v = copy.copy(self)  # shares every cache dict and lock
+        v.session, v.active, v._pinned, v._is_view = s, s.active, None, True
+        v.sets = {**self.sets, "taught": ModelSetEntry(s.taught_dir, "taught")}
+        return v
+
+    @property
+    def ticket(self) -> classroom.Ticket | None:
+        """This session's queued or running training run."""
+        return self.trainq.ticket_of(self.session.id)
+
+    def end_session(self, session_id: str | None) -> None:
+        """A session left (the page's unload, a closed API client, its age): its queued run is
+        dropped, a running one stopped, its clips, taught set, runs and downloads deleted (a
+        run that is still stopping is deleted when it ends: `_ended`)."""
+        s = self.sessions.pop(session_id)
+        if s is None or s.id == "local":
+            return
+        ticket = self.trainq.drop(s.id)
+        self.clips.clear(s.id)
+        self._forget_root(s.taught_dir)
+        for d in (s.taught_dir, self.downloads(s.id)):
+            shutil.rmtree(d, ignore_errors=True)
+        if ticket is None or ticket.done.is_set():
+            shutil.rmtree(self.teach_dir / "jobs" / s.id, ignore_errors=True)
+
+    def sweep(self, every_s: float = 60.0) -> list[str]:
+        """End the sessions idle for longer than session_ttl_s (checked at most every
+        `every_s` seconds). Returns their ids."""
+        if time.time() - self._swept < every_s:
+            return []
+        self._swept = time.time()
+        gone = self.sessions.idle(self.session_ttl_s)
+        for sid in gone:
+            self.end_session(sid)
+        return gone
+
+    def _once(self, cache: dict, key, compute):
+        """cache[key], computed by one thread while the others asking for that key wait; other
+        keys, and everything else, never wait for it."""
+        hit = cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit
+        with self._lock:
+            lock = self._key_locks.setdefault((id(cache), key), threading.Lock())
+        with lock:
+            hit = cache.get(key, _MISSING)
+            if hit is _MISSING:
+                hit = compute()
+                with self._lock:
+                    cache[key] = hit
+            return hit
 
     # ------------------------------------------------------------------ loading
     @property
@@ -164,13 +270,14 @@ class Workbench:
         return list(self.sets)
 
     def use(self, name: str) -> str:
-        """Make `name` (a key of `sets`) the model set every tab and endpoint answers with."""
+        """Make `name` (a key of `sets`) the model set this session's tabs and endpoints answer
+        with (other sessions keep theirs)."""
         if name not in self.sets:
             raise UserError(f"unknown model set {name!r}; choose one of {', '.join(self.sets)}")
         if name == "taught" and not self.has_taught():
             raise UserError("no taught models yet: teach some classes first (Teach tab)")
-        with self._lock:
-            self.active = name
+        self.active = self.session.active = name
+        self._pinned = None
         return name
 
     @property
@@ -179,35 +286,64 @@ class Workbench:
         return self.sets[self.active]
 
     @property
-    def models(self) -> dict[str, LoadedModel]:
-        with self._lock:
-            name, e = self.active, self.entry
-            if name not in self._sets and e.kind == "models":
-                self._sets[name] = load_model_set(e.root)
-            if name not in self._sets:
-                missing = [n for n in DEMO_MODELS.values() if not (e.root / n).is_dir()]
-                if missing:
-                    raise UserError(f"{name} checkpoints missing under {e.root}: "
-                                    f"{', '.join(missing)} (train them with `make demo` or "
-                                    f"set MMT_CHECKPOINTS)")
-                self._sets[name] = load_models(e.root)
-            return self._sets[name]
+    def key(self) -> str:
+        """The active set's cache key: its folder, and how often that folder was replaced (a
+        retrained or restored taught set is a new key; entries of the old one never hit)."""
+        root = str(self.entry.root)
+        return f"{root}#{self._generations.get(root, 0)}"
 
-    def _forget(self, name: str) -> None:
-        """Drop everything cached for model set `name` (it was retrained or restored)."""
+    def _load(self) -> dict[str, LoadedModel]:
+        e = self.entry
+        if e.kind == "models":
+            return load_model_set(e.root)
+        missing = [n for n in DEMO_MODELS.values() if not (e.root / n).is_dir()]
+        if missing:
+            raise UserError(f"{self.active} checkpoints missing under {e.root}: "
+                            f"{', '.join(missing)} (train them with `make demo` or "
+                            f"set MMT_CHECKPOINTS)")
+        return load_models(e.root)
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """role → LoadedModel of the active set (eval mode; shared: forward passes only, under
+        inference_mode). A view keeps the first answer for the rest of its request."""
+        if self._pinned is not None:
+            return self._pinned
+        models = self._once(self._sets, self.key, self._load)
+        if self._is_view:
+            self._pinned = models
+        return models
+
+    def explain_models(self) -> dict[str, LoadedModel]:
+        """Copies of the active set's models for the explainers (they add hooks and gradients,
+        which a concurrent predict on the shared models must not see); use under
+        `explain_lock()`."""
+        models = self.models
+
+        def copies():
+            return {r: dataclasses.replace(m, model=copy.deepcopy(m.model))
+                    for r, m in models.items()}
+        return self._once(self._explain_sets, self.key, copies)
+
+    def explain_lock(self) -> threading.Lock:
+        """The lock of the active set's explain copies (one explainer at a time per set)."""
         with self._lock:
-            self._sets.pop(name, None)
-            self._records.pop(name, None)
-            self._datasets.pop(name, None)
-            self._dataset_hashes.pop(name, None)
-            self._dataset_path_sets.pop(name, None)
-            for key in [k for k in self._explorers if k[0] == name]:
-                del self._explorers[key]
-            for key in [k for k in self._prepared if k[0] == name]:
-                del self._prepared[key]
-            for key in [k for k in self._timelines if k[0] == name]:
-                del self._timelines[key]
-            self._ood.clear()
+            return self._key_locks.setdefault(("explain", self.key), threading.Lock())
+
+    def _forget_root(self, root) -> None:
+        """Drop everything cached for the set in folder `root` (it was retrained, restored or
+        its session ended): a new generation, so late writes of the old one never hit."""
+        root = str(root)
+        with self._lock:
+            old = f"{root}#{self._generations.get(root, 0)}"
+            self._generations[root] = self._generations.get(root, 0) + 1
+            for cache in (self._sets, self._explain_sets, self._records, self._datasets,
+                          self._dataset_hashes, self._dataset_path_sets, self._sidecars,
+                          self._reference_refs):
+                cache.pop(old, None)
+            for cache in (self._explorers, self._prepared, self._timelines, self._ood):
+                for k in [k for k in cache if k[0] == old]:
+                    del cache[k]
 
     @property
     def class_names(self) -> list[str]:
@@ -284,11 +420,9 @@ class Workbench:
         if p.with_suffix(".json").is_file():
             side = p.with_suffix(".json")
         else:
-            with self._lock:
-                if self.active not in self._sidecars:
-                    self._sidecars[self.active] = {emb.file_hash(c): c.with_suffix(".json")
-                                                   for c in self.examples()}
-            side = self._sidecars[self.active].get(emb.file_hash(p))
+            sides = self._once(self._sidecars, self.key, lambda: {
+                emb.file_hash(c): c.with_suffix(".json") for c in self.examples()})
+            side = sides.get(emb.file_hash(p))
         if side is None or not side.is_file():
             return None
         d = _json.loads(side.read_text())
@@ -298,26 +432,24 @@ class Workbench:
         """The reference clips of the Embeddings tab, labels in the models' order: the built-in
         test split (clips_per_class per class) for the demo models, the taught clips for the
         taught ones."""
-        with self._lock:
-            name = self.active
-            if name == "taught" and name not in self._records:
-                self._records[name] = self._taught_records()
-            if name not in self._records and self._set_data() is not None:
-                self._records[name] = self._set_records()
-            if name not in self._records:
-                from mmt_core.data.manifests import read_manifest
+        return self._once(self._records, self.key, self._reference_records)
 
-                paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
-                man = read_manifest(paths[0].parent.parent / "manifest.csv", split="test")
-                names, order = man.classes["label"], self.class_names
-                if set(names) - set(order):
-                    raise UserError("these models were not trained on the built-in classes and "
-                                    "know no data of their own: give app.py --data MANIFEST")
-                keep = {str(p) for p in paths}
-                self._records[name] = [
-                    dataclasses.replace(r, labels={"label": order.index(names[r.labels["label"]])})
-                    for r in man.records if r.path in keep]
-            return self._records[name]
+    def _reference_records(self):
+        if self.active == "taught":
+            return self._taught_records()
+        if self._set_data() is not None:
+            return self._set_records()
+        from mmt_core.data.manifests import read_manifest
+
+        paths = self._synthetic("test", self.reference_clips_per_class, REFERENCE_SEED)
+        man = read_manifest(paths[0].parent.parent / "manifest.csv", split="test")
+        names, order = man.classes["label"], self.class_names
+        if set(names) - set(order):
+            raise UserError("these models were not trained on the built-in classes and "
+                            "know no data of their own: give app.py --data MANIFEST")
+        keep = {str(p) for p in paths}
+        return [dataclasses.replace(r, labels={"label": order.index(names[r.labels["label"]])})
+                for r in man.records if r.path in keep]
 
     def _taught_records(self):
         """The clips the taught models were trained and validated on (that still exist)."""
@@ -340,24 +472,24 @@ class Workbench:
         paths = [out / split / f"{split}_s{seed}_{c.name}_{i:04d}.mp4"
                  for c in CLASSES for i in range(clips_per_class)]
         with self._lock:
+            lock = self._key_locks.setdefault(("synthetic", str(out)), threading.Lock())
+        with lock:  # written once; other requests go on meanwhile
             if not all(p.is_file() and p.with_suffix(".json").is_file() for p in paths):
                 write_dataset(out, clips_per_class=clips_per_class, seed=seed, split=split,
                               progress=False, version=version)
         return paths
 
     def explorer(self, role: str) -> emb.ReferenceEmbeddings:
-        with self._lock:
-            key = (self.active, role)
-            if key not in self._explorers:
-                m = self.models[role]
-                records = self.reference_records()
-                if len(records) < 4:
-                    raise UserError("the taught models' clips are not on this server (restored "
-                                    "from a zip?): no reference set to project")
-                self._explorers[key] = emb.ReferenceEmbeddings(
-                    m.dir, records, cache_dir=self.cache_dir, model=m.model,
-                    meta=m.meta, seed=self.seed)
-            return self._explorers[key]
+        m = self.models[role]
+
+        def make():
+            records = self.reference_records()
+            if len(records) < 4:
+                raise UserError("the taught models' clips are not on this server (restored "
+                                "from a zip?): no reference set to project")
+            return emb.ReferenceEmbeddings(m.dir, records, cache_dir=self.cache_dir,
+                                           model=m.model, meta=m.meta, seed=self.seed)
+        return self._once(self._explorers, (self.key, role), make)
 
     def warmup(self, methods=("umap",), log=print) -> dict:
         """Load everything a first request needs (and JIT-compile UMAP) so requests are fast."""
@@ -369,7 +501,7 @@ class Workbench:
         timings["examples_s"] = time.perf_counter() - t0
         self.reference_records()
         timings["reference_clips_s"] = time.perf_counter() - t0
-        self._ood[(self.active, str(self.models["mmt"].dir))] = self.ood_reference()
+        self._once(self._ood, (self.key, str(self.models["mmt"].dir)), self.ood_reference)
         timings["ood_reference_s"] = time.perf_counter() - t0
         for method in methods:
             self.embed(clip, method=method)
@@ -381,6 +513,33 @@ class Workbench:
         return timings
 
     # ------------------------------------------------------------------ one clip
+    def served_dirs(self) -> list[str]:
+        """The folders the page serves files from (gradio's allowed_paths): the example clips
+        (per generator version of the demo checkpoint; a --models set's), the dataset and
+        reference clip copies, the thumbnails. Never the teach folders."""
+        version = 1
+        cfg = self.checkpoints / DEMO_MODELS["mmt"] / "config.json"
+        if cfg.is_file():
+            version = int(json.loads(cfg.read_text()).get("data", {}).get("generator_version", 1))
+        names = ["examples", f"examples_v{version}", "examples_set", "dataset_clips", "thumbs"]
+        return [str(self.cache_dir / n) for n in dict.fromkeys(names)]
+
+    def downloads(self, session_id: str) -> Path:
+        """Where a session's taught zip is written: the system temp dir (gradio may hand it to
+        the browser from there, but never serves it by path, unlike allowed_paths)."""
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "mmt-workbench-downloads" / session_id
+
+    def shown(self, path) -> str:
+        """A server path as the page may show it: relative to the repository or the cache dir
+        when under them, else its last folder and name."""
+        p = Path(path).resolve()
+        for base in (self.cache_dir.resolve(), REPO):
+            if p.is_relative_to(base):
+                return str(p.relative_to(base))
+        return f"…/{p.parent.name}/{p.name}"
+
     def _check_upload(self, path) -> Path:
         if path is None or str(path) == "":
             raise UserError("no clip: upload a video file or pick an example")
@@ -415,23 +574,25 @@ class Workbench:
         cached for the last 4."""
         p = self._check_upload(path)
         # By content: each API call re-uploads the clip (a new file, same bytes).
+        key = (self.key, emb.file_hash(p), None if start is None else round(start, 3))
         with self._lock:
-            key = (self.active, emb.file_hash(p), None if start is None else round(start, 3))
             if key in self._prepared:
                 self._prepared.move_to_end(key)
                 return self._prepared[key]
-            models = self.models
-            try:
-                prep = prepare(p, models, max_seconds=self.max_seconds, start=start)
-            except MediaError as e:
-                # media messages name the server-side temp path; the user knows their file
-                raise MediaError(str(e).replace(str(p), p.name)) from None
-            value = (prep, predict_prepared(prep, models, topk=len(self.class_names)))
-            self._ood_notes(prep, value[1], models)
+        models = self.models
+        try:
+            prep = prepare(p, models, max_seconds=self.max_seconds, start=start)
+        except MediaError as e:
+            # media messages name the server-side temp path; the user knows their file
+            raise MediaError(str(e).replace(str(p), p.name)) from None
+        # no lock while the models run: two requests for one new clip may both compute it
+        value = (prep, predict_prepared(prep, models, topk=len(self.class_names)))
+        self._ood_notes(prep, value[1], models)
+        with self._lock:
             self._prepared[key] = value
-            while len(self._prepared) > 4:
+            while len(self._prepared) > self.prepared_max:
                 self._prepared.popitem(last=False)
-            return value
+        return value
 
     def _ood_notes(self, prep, results: dict, models: dict) -> None:
         """Add the MMT's "unlike the training data" verdict to results and a note to prep: which
@@ -439,13 +600,11 @@ class Workbench:
         from mmt_core import ood
 
         m, r = models["mmt"], results["mmt"]
-        key = (self.active, str(m.dir))
-        if key not in self._ood:
-            self._ood[key] = self.ood_reference()
-        if self._ood[key] is None or r["output"] is None:
+        ref = self._once(self._ood, (self.key, str(m.dir)), self.ood_reference)
+        if ref is None or r["output"] is None:
             return
         feats = ood.mean_views(ood.clip_features(r["output"], prep.inputs[m.name]))
-        res = ood.score(feats, self._ood[key])
+        res = ood.score(feats, ref)
         r["ood"] = res
         if res["flagged"]:
             prep.notes.append(
@@ -520,35 +679,38 @@ class Workbench:
         from mmt_core.inference import window_clips, window_probs
 
         p = self.check_clip(path)
+        key = (self.key, emb.file_hash(p), stride)
         with self._lock:
-            key = (self.active, emb.file_hash(p), stride)
             if key in self._timelines:
+                self._timelines.move_to_end(key)
                 return self._timelines[key]
-            models = self.models
-            clips_by_key, probs = {}, {}
-            for role, m in models.items():
-                pre = m.meta["preprocessing"]
-                key = (pre["num_frames"], pre["clip_seconds"], pre["sample_rate"], pre["image_size"])
-                if key not in clips_by_key:
-                    try:
-                        clips_by_key[key] = window_clips(p, m.meta, stride)
-                    except MediaError as e:
-                        raise MediaError(str(e).replace(str(p), p.name)) from None
-                clips = clips_by_key[key]
-                if "v" not in m.modalities and not clips[0].has_audio:
-                    probs[role] = None
-                    continue
-                probs[role] = window_probs(m.model, m.meta, clips)
-            first = clips_by_key[next(iter(clips_by_key))]
-            window = models["mmt"].meta["preprocessing"]["clip_seconds"]
-            res = {"starts": [c.start for c in first],
-                   "ends": [min(c.duration, c.start + window) for c in first],
-                   "window_seconds": window, "duration": first[0].duration,
-                   "class_names": self.class_names, "probs": probs}
+        models = self.models
+        clips_by_setting, probs = {}, {}
+        for role, m in models.items():
+            pre = m.meta["preprocessing"]
+            setting = (pre["num_frames"], pre["clip_seconds"], pre["sample_rate"],
+                       pre["image_size"])
+            if setting not in clips_by_setting:
+                try:
+                    clips_by_setting[setting] = window_clips(p, m.meta, stride)
+                except MediaError as e:
+                    raise MediaError(str(e).replace(str(p), p.name)) from None
+            clips = clips_by_setting[setting]
+            if "v" not in m.modalities and not clips[0].has_audio:
+                probs[role] = None
+                continue
+            probs[role] = window_probs(m.model, m.meta, clips)
+        first = clips_by_setting[next(iter(clips_by_setting))]
+        window = models["mmt"].meta["preprocessing"]["clip_seconds"]
+        res = {"starts": [c.start for c in first],
+               "ends": [min(c.duration, c.start + window) for c in first],
+               "window_seconds": window, "duration": first[0].duration,
+               "class_names": models["mmt"].class_names, "probs": probs}
+        with self._lock:
             self._timelines[key] = res
-            while len(self._timelines) > 4:
-                self._timelines.pop(next(iter(self._timelines)))
-            return res
+            while len(self._timelines) > self.prepared_max:
+                self._timelines.popitem(last=False)
+        return res
 
     def explain(self, path, target: str | None = None, block=CAM_BLOCKS,
                 method: str = "gradcam", start: float | None = None) -> dict:
@@ -575,11 +737,12 @@ class Workbench:
             boxes = sidecar_boxes_at(side, prep.clip.times)
         out = {"overlays": {}, "targets": {}, "method": method, "boxes": boxes, "seconds": {},
                "start": prep.clip.start}
-        with self._lock:
+        models = self.explain_models()
+        with self.explain_lock():
             for role in ("mmt", "video", "audio"):
                 if role not in results:  # not in this model set
                     continue
-                m = self.models[role]
+                m = models[role]
                 if results[role]["probs"] is None or not applicable(method, m.modalities):
                     continue
                 idx = (int(np.argmax(results[role]["probs"])) if not target
@@ -639,8 +802,8 @@ class Workbench:
     def pointing_source(self) -> str:
         """The clips of the pointing game, in words."""
         if self._set_data() is not None:
-            return (f"clips of {self._set_data()} (split {self.entry.split}) with boxes, at most "
-                    f"{POINTING_CLIPS_PER_CLASS} per class")
+            return (f"clips of {self.shown(self._set_data())} (split {self.entry.split}) with "
+                    f"boxes, at most {POINTING_CLIPS_PER_CLASS} per class")
         return (f"built-in test split (mmt synth --seed {REFERENCE_SEED} --split test), first "
                 f"{POINTING_CLIPS_PER_CLASS} clips per class")
 
@@ -665,9 +828,10 @@ class Workbench:
         """The pointing game of `method` for one demo model on `pointing_records()`."""
         from mmt_core.evaluation import pointing_game
 
-        m = self.models[role]
-        with self._lock:
-            out = pointing_game(m.model, m.meta, self.pointing_records(), explainers=[method],
+        m = self.explain_models()[role]
+        records = self.pointing_records()
+        with self.explain_lock():
+            out = pointing_game(m.model, m.meta, records, explainers=[method],
                                 block=block, progress=False)
         res = out["pointing"][method]
         res["seconds_per_clip"] = out["pointing_seconds"][method]
@@ -715,21 +879,21 @@ class Workbench:
         # a set without a unimodal model shows the MMT's own space of that sense instead
         panels = [(r if r in results else "mmt", space) for r, space in panels]
         figures = []
-        with self._lock:
-            for role, space in panels:
-                ex, r = self.explorer(role), results[role]
-                point = None
-                if r["output"] is not None:
-                    point = emb.embeddings_of(r["output"])[space][0]
-                label = self.models[role].class_names[int(np.argmax(r["probs"]))] \
-                    if r["probs"] is not None else ""
-                figures.append(ex.figure(space, method, point=point, point_name=Path(path).name,
-                                         point_label=label))
-            table = []
-            for role in [r for r in ("audio", "video", "mmt") if r in results]:
-                for space, s in self.explorer(role).scores().items():
-                    table.append([self.models[role].name, space, round(s["ari"], 3),
-                                  round(s["hs"], 3)])
+        shown = {path: ref for ref, path in self.reference_refs().items()}
+        for role, space in panels:
+            ex, r = self.explorer(role), results[role]
+            point = None
+            if r["output"] is not None:
+                point = emb.embeddings_of(r["output"])[space][0]
+            label = self.models[role].class_names[int(np.argmax(r["probs"]))] \
+                if r["probs"] is not None else ""
+            figures.append(ex.figure(space, method, point=point, point_name=Path(path).name,
+                                     point_label=label, shown=shown))
+        table = []
+        for role in [r for r in ("audio", "video", "mmt") if r in results]:
+            for space, s in self.explorer(role).scores().items():
+                table.append([self.models[role].name, space, round(s["ari"], 3),
+                              round(s["hs"], 3)])
         return {"figures": figures, "scores": table,
                 "reference_clips": len(self.explorer("mmt").reference()["labels"]),
                 "reference_source": self.reference_source()}
@@ -739,7 +903,7 @@ class Workbench:
         if self.active == "taught":
             return "taught clips"
         if self._set_data() is not None:
-            return f"clips of {self._set_data()} (split {self.entry.split})"
+            return f"clips of {self.shown(self._set_data())} (split {self.entry.split})"
         return "built-in test clips"
 
     # ------------------------------------------------------------------ dataset analysis
@@ -763,24 +927,21 @@ class Workbench:
         from mmt_core.analysis import AnalysisConfig, evaluate_set
         from mmt_core.model_set import open_model_set
 
-        with self._lock:
-            name = self.active
-            if name not in self._datasets:
-                manifest, split = self.dataset_source()
-                cfg = AnalysisConfig(max_clips=self.reference_max, num_workers=0,
-                                     cache_dir=str(self.cache_dir / "analysis"))
-                import torch
+        def evaluate():
+            manifest, split = self.dataset_source()
+            cfg = AnalysisConfig(max_clips=self.reference_max, num_workers=0,
+                                 cache_dir=str(self.cache_dir / "analysis"))
+            import torch
 
-                # A batch job: every core's thread (120 clips: 0.12 s/clip with 2 threads, 0.18
-                # with 1; benchmarks/bench_analysis.py), then the app's single thread again.
-                threads = torch.get_num_threads()
-                torch.set_num_threads(self.dataset_threads or threads)
-                try:
-                    self._datasets[name] = evaluate_set(open_model_set(self.entry.root),
-                                                        manifest, split, cfg)
-                finally:
-                    torch.set_num_threads(threads)
-            return self._datasets[name]
+            # A batch job: every core's thread (120 clips: 0.12 s/clip with 2 threads, 0.18
+            # with 1; benchmarks/bench_analysis.py), then the app's single thread again.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.dataset_threads or threads)
+            try:
+                return evaluate_set(open_model_set(self.entry.root), manifest, split, cfg)
+            finally:
+                torch.set_num_threads(threads)
+        return self._once(self._datasets, self.key, evaluate)
 
     def dataset_summary(self) -> dict:
         """Tables of the Dataset tab: {"accuracy", "per_class", "suspicious", "classes",
@@ -792,7 +953,7 @@ class Workbench:
         return {"accuracy": A.accuracy_table(ev), "per_class": A.per_class(ev),
                 "suspicious": A.suspicious(ev, top=20), "classes": ev.classes,
                 "roles": ev.roles, "clips": len(ev.paths), "total": ev.total,
-                "skipped": len(ev.skipped), "source": f"{manifest} (split {split})",
+                "skipped": len(ev.skipped), "source": f"{self.shown(manifest)} (split {split})",
                 "seconds": ev.seconds, "cached": ev.cached}
 
     def dataset_confusion(self, role: str = "mmt"):
@@ -806,17 +967,37 @@ class Workbench:
 
         return cell_clips(self.dataset(), role, true, pred)
 
-    def dataset_clip(self, path) -> Path:
-        """A clip of the dataset copied under cache_dir/dataset_clips (the page may only serve
-        files from the cache dir), named by its content."""
-        if str(path) not in self._dataset_paths():
-            raise UserError(f"not a clip of the analysed dataset: {path}")
-        return self._served_copy(path)
+    def dataset_ref(self, path) -> str:
+        """The name the page shows for a clip of the analysed dataset (never a server path):
+        its path under the clips' common folder."""
+        return {v: k for k, v in self._dataset_paths().items()}[str(path)]
 
-    def reference_clip(self, path) -> Path:
-        """A reference clip of the Embeddings map (a clicked point), copied like dataset_clip."""
-        if str(path) not in {str(r.path) for r in self.reference_records()}:
-            raise UserError(f"not a reference clip of the {self.active} models: {path}")
+    def _dataset_clip_path(self, ref) -> str:
+        """The dataset clip a page name (or, from Python, its path) stands for; nothing else."""
+        paths = self._dataset_paths()
+        path = paths.get(str(ref or ""))
+        if path is None and str(ref) in paths.values():
+            path = str(ref)
+        if path is None:
+            raise UserError(f"not a clip of the analysed dataset: {Path(str(ref)).name}")
+        return path
+
+    def dataset_clip(self, ref) -> Path:
+        """A clip of the dataset (by its `dataset_ref`) copied under cache_dir/dataset_clips
+        (a folder the page may serve), named by its content."""
+        return self._served_copy(self._dataset_clip_path(ref))
+
+    def reference_refs(self) -> dict[str, str]:
+        """{name the page shows: path} of the reference clips (the Embeddings maps' points)."""
+        return self._once(self._reference_refs, self.key, lambda: {
+            v: k for k, v in clip_refs([r.path for r in self.reference_records()]).items()})
+
+    def reference_clip(self, ref) -> Path:
+        """A reference clip of the Embeddings map (a clicked point, by the name its point
+        carries), copied like dataset_clip."""
+        path = self.reference_refs().get(str(ref or ""))
+        if path is None:
+            raise UserError(f"not a reference clip of the {self.active} models: {ref}")
         return self._served_copy(path)
 
     def _served_copy(self, path) -> Path:
@@ -831,17 +1012,17 @@ class Workbench:
                 shutil.copyfile(src.with_suffix(".json"), dst.with_suffix(".json"))
         return dst
 
-    def thumbnail(self, path) -> Path:
-        """The middle frame of a clip of the analysed dataset as a small JPEG (at most 160 px a
-        side) under cache_dir/thumbs, named by the clip's path, size and mtime (made once)."""
+    def thumbnail(self, ref) -> Path:
+        """The middle frame of a clip of the analysed dataset (by its `dataset_ref`) as a small
+        JPEG (at most 160 px a side) under cache_dir/thumbs, named by the clip's path, size and
+        mtime (made once)."""
         import hashlib
 
         from PIL import Image
 
         from mmt_core.data import media
 
-        if str(path) not in self._dataset_paths():
-            raise UserError(f"not a clip of the analysed dataset: {path}")
+        path = self._dataset_clip_path(ref)
         st = os.stat(path)
         key = hashlib.sha256(repr((str(path), st.st_size, st.st_mtime_ns)).encode()).hexdigest()
         out = self.cache_dir / "thumbs" / f"{key[:16]}.jpg"
@@ -856,11 +1037,11 @@ class Workbench:
             os.replace(tmp, out)
         return out
 
-    def _dataset_paths(self) -> set[str]:
-        """The analysed dataset's clip paths, as a set (membership checks)."""
-        with self._lock:
-            ev = self.dataset()
-            return self._dataset_path_sets.setdefault(self.active, set(ev.paths))
+    def _dataset_paths(self) -> dict[str, str]:
+        """{name the page shows (`clip_refs`): path} of the analysed dataset's clips."""
+        ev = self.dataset()
+        return self._once(self._dataset_path_sets, self.key, lambda: {
+            v: k for k, v in clip_refs(ev.paths).items()})
 
     def dataset_neighbours(self, path, kind: str = "fused", k: int = 8) -> list[dict]:
         """The k clips of the dataset nearest a clip (one of the dataset, found by content,
@@ -870,12 +1051,9 @@ class Workbench:
 
         ev = self.dataset()
         p = self._check_upload(path)
-        with self._lock:
-            name = self.active
-            if name not in self._dataset_hashes:
-                self._dataset_hashes[name] = {emb.file_hash(Path(q)): i
-                                              for i, q in enumerate(ev.paths)}
-            index = self._dataset_hashes[name].get(emb.file_hash(p))
+        hashes = self._once(self._dataset_hashes, self.key, lambda: {
+            emb.file_hash(Path(q)): i for i, q in enumerate(ev.paths)})
+        index = hashes.get(emb.file_hash(p))
         if index is not None:
             return A.neighbours(ev, index, kind, k)
         _, results = self.prepared(p)
@@ -901,42 +1079,79 @@ class Workbench:
 
 
     # ------------------------------------------------------------------ teach
-    def start_teach(self, folder: Path, *, epochs: int | None = None) -> teaching.TeachJob:
-        """Train on a folder of class folders in a background thread (one run at a time)."""
-        with self._lock:
-            if self.job is not None and self.job.status == "running":
-                raise UserError("a training run is already in progress; wait for it or stop it")
-            teaching.clear_runs(self.teach_dir / "jobs")  # earlier runs: their models are taught/
-            out = self.teach_dir / "jobs" / time.strftime("%Y%m%d-%H%M%S")
-            out = out.with_name(out.name + f"-{os.getpid()}-{threading.get_ident() % 10000}")
-            self.job = teaching.TeachJob.start(folder, out, self.checkpoints,
-                                               epochs=epochs if epochs else teaching.teach_epochs(),
-                                               on_done=self._taught)
-            return self.job
+    def add_folder(self, folder) -> dict[str, int]:
+        """"Add from a server folder": the class folders of `folder`, which must lie under one
+        of MMT_TEACH_FOLDERS (none listed: off, the default), into this session's clips."""
+        if not self.teach_folders:
+            raise UserError("adding clips from a server folder is off on this server (the "
+                            "operator lists the folders it may read in MMT_TEACH_FOLDERS)")
+        text = str(folder or "").strip()
+        root = Path(text).expanduser().resolve() if text else None
+        if root is None or not any(root.is_relative_to(f) for f in self.teach_folders):
+            raise UserError(f"{text!r} is not under a folder this server shares "
+                            f"(MMT_TEACH_FOLDERS)")
 
-    def _taught(self, job: teaching.TeachJob) -> None:
-        """A finished run: its checkpoints become the taught set, and the active one."""
-        with self._lock:
-            teaching._swap_in(job.out / "taught", self.taught_dir)
-            self._forget("taught")
-            self.active = "taught"
+        def check(path):  # a link inside may not lead out of the shared folders
+            if not any(Path(path).resolve().is_relative_to(f) for f in self.teach_folders):
+                raise UserError(f"{Path(path).name} lies outside the shared folders")
+            return self.check_clip(path)
+        return self.clips.add_folder(self.session.id, root, check=check)
+
+    def start_teach(self, folder: Path, *, epochs: int | None = None) -> classroom.Ticket:
+        """Queue a training run of this session on a folder of class folders (one queued or
+        running run per session; it starts when a slot is free: `trainq`)."""
+        ticket = classroom.Ticket(self.session, Path(folder),
+                                  epochs=epochs if epochs else teaching.teach_epochs())
+        return self.trainq.submit(ticket)
+
+    def _launch(self, ticket: classroom.Ticket) -> teaching.TeachJob:
+        """The queue's start: a background TeachJob under jobs/SESSION/ (its earlier runs
+        deleted: their models are in its taught set)."""
+        s = ticket.session
+        jobs = self.teach_dir / "jobs" / s.id
+        teaching.clear_runs(jobs)
+        out = jobs / time.strftime("%Y%m%d-%H%M%S")
+        return teaching.TeachJob.start(ticket.folder, out, self.checkpoints,
+                                       epochs=ticket.epochs,
+                                       on_done=lambda job: self._taught(s, job))
+
+    def _taught(self, s: classroom.Session, job: teaching.TeachJob) -> None:
+        """A finished run: its checkpoints become the session's taught set, and its active set
+        (unless the session has left meanwhile)."""
+        if s.ended:
+            return
+        s.taught_dir.parent.mkdir(parents=True, exist_ok=True)
+        teaching._swap_in(job.out / "taught", s.taught_dir)
+        self._forget_root(s.taught_dir)
+        s.active = "taught"
+
+    def _ended(self, ticket: classroom.Ticket) -> None:
+        """A run ended (the queue's watcher): a left session's files go now."""
+        s = ticket.session
+        if s.ended:
+            shutil.rmtree(self.teach_dir / "jobs" / s.id, ignore_errors=True)
+            shutil.rmtree(s.taught_dir, ignore_errors=True)
+            self.clips.clear(s.id)
 
     def teach_summary(self) -> dict | None:
         path = self.taught_dir / "summary.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def taught_zip(self) -> Path:
+        """This session's taught set as a zip (in `downloads`: the teach folders are blocked)."""
         if not self.has_taught():
             raise UserError("no taught models yet: teach some classes first")
-        return teaching.zip_taught(self.taught_dir, self.teach_dir / "mmt_taught.zip")
+        out = self.downloads(self.session.id) / "mmt_taught.zip"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return teaching.zip_taught(self.taught_dir, out)
 
     def restore_taught(self, path) -> dict:
+        """A taught-models zip becomes this session's taught set, and its active one."""
         p = self._check_upload(path)
-        with self._lock:
-            self.teach_dir.mkdir(parents=True, exist_ok=True)
-            summary = teaching.restore_zip(p, self.taught_dir, max_mb=max(self.max_mb, 100.0))
-            self._forget("taught")
-            self.active = "taught"
+        self.taught_dir.parent.mkdir(parents=True, exist_ok=True)
+        summary = teaching.restore_zip(p, self.taught_dir, max_mb=max(self.max_mb, 100.0))
+        self._forget_root(self.taught_dir)
+        self.use("taught")
         return summary
 
 

@@ -9,7 +9,9 @@ video, corrupt, too long, too large) become a gr.Error toast and the app keeps s
 from __future__ import annotations
 
 import functools
+import os
 import traceback
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -20,6 +22,32 @@ from mmt_core.explain import CAM_BLOCKS, cam_blocks, list_explainers
 from .service import ROLE_TITLES, get_workbench
 
 TOP = "(top prediction)"
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+# Concurrency groups of the queue: at most LIMITS[group] events of a group run at once, the
+# others wait in gradio's queue (its max_size: app.py). Chosen for a class of 30 on 2 cores
+# (docs/workbench.md "Running it for a class"; benchmarks/bench_classroom.py): two predicts
+# use both cores (one torch thread each) and a predict never waits behind an explain or an
+# embedding; the heavier explain, embed, timeline and dataset work one at a time each; /teach
+# callers only wait (workbench.classroom's queue decides who trains); the light page events
+# (page load, switching sets, adding clips, the Teach timer) four at a time.
+# MMT_LIMIT_<GROUP> (e.g. MMT_LIMIT_PREDICT=3) changes one.
+LIMITS = {g: _env_int(f"MMT_LIMIT_{g.upper()}", n) for g, n in
+          {"predict": 2, "explain": 1, "embed": 1, "timeline": 1, "dataset": 1, "teach": 8,
+           "light": 4}.items()}
+GROUP_OF = {"predict": "predict", "explain": "explain", "explain_if_clip": "explain",
+            "jump": "explain", "embed": "embed", "timeline": "timeline",
+            "_click_to_start": "timeline", "dataset_run": "dataset",
+            "dataset_confusion": "dataset", "dataset_cell": "dataset",
+            "confusion_click": "dataset", "table_gallery": "dataset",
+            "dataset_neighbours": "dataset", "teach_api": "teach"}  # else "light"
 # Grad-CAM layer choices: the mean of the stage-1 map and the first stage-2 block's (the default,
 # mmt_core.explain.CAM_BLOCKS: it points best on the built-in val clips), the block before the
 # last (pytorch-grad-cam's default for Transformers), or the stage-1 block alone (2x finer map).
@@ -156,9 +184,9 @@ def spectrogram_figure(fbank: np.ndarray, cam: np.ndarray | None = None, *, titl
 
 # ---------------------------------------------------------------------------- handlers
 @_user_errors
-def predict(clip):
+def predict(clip, request: gr.Request = None):
     """clip → three top-5 Labels, the sampled frames, the spectrogram, notes."""
-    wb = get_workbench()
+    wb = _wb(request)
     res = wb.predict(clip)
     labels = [res["probs"][role] for role in ROLES]  # None: skipped (the note says why)
     notes = " ".join(res["notes"])
@@ -200,11 +228,11 @@ def cam_layer(layer) -> tuple[str, tuple[int, ...]]:
 
 
 @_user_errors
-def explain(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
+def explain(clip, target, layer=DEFAULT_LAYER, method="gradcam", request: gr.Request = None):
     """clip, class (or TOP), CAM block, method → MMT and video-only map overlays (the sounding
     object's box drawn on built-in clips), MMT's audio map on the spectrogram, and the method's
     pointing scores on the set's clips with boxes (else the built-in test clips)."""
-    wb = get_workbench()
+    wb = _wb(request)
     where, block = cam_layer(layer)
     method = method or "gradcam"
     if method not in METHODS:
@@ -235,7 +263,7 @@ def explain(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
     return _thumbs(ov["mmt"]), video, fig, md
 
 
-def explain_if_clip(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
+def explain_if_clip(clip, target, layer=DEFAULT_LAYER, method="gradcam", request: gr.Request = None):
     """A method change re-explains the current clip; with no clip yet it changes nothing."""
     if clip is None or clip == "":
         return (gr.update(),) * 4
@@ -243,9 +271,9 @@ def explain_if_clip(clip, target, layer=DEFAULT_LAYER, method="gradcam"):
 
 
 @_user_errors
-def embed(clip, method, source):
+def embed(clip, method, source, request: gr.Request = None):
     """clip, projection, source → three scatter plots with the clip starred, ARI/HS table."""
-    res = get_workbench().embed(clip, method=method or "umap", source=source or "mmt")
+    res = _wb(request).embed(clip, method=method or "umap", source=source or "mmt")
     md = (f"{res['reference_clips']} {res.get('reference_source', 'built-in test clips')}; "
           "ARI / HS of KMeans clusters vs classes "
           "(paper Table 3), higher is better. Click a point to open its clip.")
@@ -308,12 +336,17 @@ def ablations():
 
 
 @_user_errors
-def page_load():
+def page_load(request: gr.Request = None):
     """Fill the example and class choices (loads the models and writes the examples once)."""
-    wb = get_workbench()
-    examples = [(p.stem.split("_", 2)[-1].rsplit("_", 1)[0], str(p)) for p in wb.examples()]
+    wb = _wb(request)
+    examples = list(_examples(wb))  # by class name: the page never sees a server path
     return (gr.update(choices=examples),
             gr.update(choices=[TOP, *wb.class_names], value=TOP))
+
+
+def _examples(wb) -> dict:
+    """{class name: example clip} of the session's set."""
+    return {p.stem.split("_", 2)[-1].rsplit("_", 1)[0]: p for p in wb.examples()}
 
 
 def show_clip(clip):
@@ -321,8 +354,15 @@ def show_clip(clip):
     return clip or None
 
 
-def use_example(path):
-    return path or None
+@_user_errors
+def use_example(name, request: gr.Request = None):
+    """A picked example (its class name) → its clip, the current clip of every tab."""
+    if not name:
+        return None
+    path = _examples(_wb(request)).get(name)
+    if path is None:
+        raise UserError(f"no example clip named {name!r}")
+    return str(path)
 
 
 # ---------------------------------------------------------------------------- timeline
@@ -354,12 +394,12 @@ def timeline_figure(tl: dict, top: int = 6):
 
 
 @_user_errors
-def timeline(clip):
+def timeline(clip, request: gr.Request = None):
     """clip → per-window timeline of the three models (a clip longer than one window), the
     window slider, a note."""
     if not clip:
         return None, gr.update(visible=False), ""
-    wb = get_workbench()
+    wb = _wb(request)
     tl = wb.timeline(clip)
     if len(tl["starts"]) < 2:
         return (None, gr.update(visible=False),
@@ -372,9 +412,9 @@ def timeline(clip):
 
 
 @_user_errors
-def jump(clip, start, target, layer=DEFAULT_LAYER, method="gradcam"):
+def jump(clip, start, target, layer=DEFAULT_LAYER, method="gradcam", request: gr.Request = None):
     """A window start (the slider or a timeline click) → that window's frames and Explain tab."""
-    wb = get_workbench()
+    wb = _wb(request)
     start = float(start or 0.0)
     tl_starts = wb.timeline(clip)["starts"]
     start = min(tl_starts, key=lambda s: abs(s - start))  # the nearest window
@@ -406,16 +446,23 @@ def _models_md(wb) -> str:
 
 
 @_user_errors
-def switch_models(name):
-    """The Models radio (demo, each --models set, taught) → the server-wide model set; class
-    choices follow (models_changed then refreshes the examples and the Dataset tab)."""
-    wb = get_workbench()
+def switch_models(name, request: gr.Request = None):
+    """The Models radio (demo, each --models set, taught) → this session's model set (no other
+    session's); class choices follow (models_changed then refreshes the examples and the
+    Dataset tab)."""
+    wb = _wb(request)
     wb.use(name or "demo")
     return _models_md(wb), gr.update(choices=[TOP, *wb.class_names], value=TOP)
 
 
 def _session(request) -> str:
-    return getattr(request, "session_hash", None) or "anonymous"
+    """The session of a request: the browser tab's or the gradio_client Client's."""
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _wb(request):
+    """The Workbench as this request's session sees it (workbench.service.Workbench.view)."""
+    return get_workbench().view(_session(request))
 
 
 def _clips_table(counts: dict) -> list[list]:
@@ -423,54 +470,54 @@ def _clips_table(counts: dict) -> list[list]:
 
 
 @_user_errors
-def teach_add(files, class_name, request: gr.Request):
+def teach_add(files, class_name, request: gr.Request = None):
     """Uploaded files → copied into this session's CLASS folder (app limits apply)."""
-    wb = get_workbench()
+    wb = _wb(request)
     paths = [f if isinstance(f, str) else getattr(f, "name", f) for f in (files or [])]
-    counts = wb.clips.add(_session(request), class_name, paths, check=wb.check_clip)
+    counts = wb.clips.add(wb.session.id, class_name, paths, check=wb.check_clip)
     return _clips_table(counts), None, f"Added {len(paths)} clip(s) to **{class_name.strip()}**."
 
 
 @_user_errors
-def teach_add_recording(video, class_name, request: gr.Request):
+def teach_add_recording(video, class_name, request: gr.Request = None):
     """A webcam recording (with sound) → one clip of CLASS."""
-    wb = get_workbench()
+    wb = _wb(request)
     if not video:
         raise UserError("record a clip first (webcam + microphone), then add it")
-    counts = wb.clips.add(_session(request), class_name, [video], check=wb.check_clip)
+    counts = wb.clips.add(wb.session.id, class_name, [video], check=wb.check_clip)
     return _clips_table(counts), None, f"Added the recording to **{class_name.strip()}**."
 
 
 @_user_errors
-def teach_add_folder(folder, request: gr.Request):
-    """A server-side folder of class folders → every clip added under its folder's class."""
-    wb = get_workbench()
-    counts = wb.clips.add_folder(_session(request), folder, check=wb.check_clip)
-    return _clips_table(counts), f"Added the class folders of `{folder}`."
+def teach_add_folder(folder, request: gr.Request = None):
+    """A server-side folder of class folders (under MMT_TEACH_FOLDERS) → every clip added under
+    its folder's class."""
+    counts = _wb(request).add_folder(folder)
+    return _clips_table(counts), f"Added the class folders of `{Path(str(folder)).name}`."
 
 
 @_user_errors
-def teach_clear(request: gr.Request):
-    get_workbench().clips.clear(_session(request))
+def teach_clear(request: gr.Request = None):
+    wb = _wb(request)
+    wb.clips.clear(wb.session.id)
     return [], "Cleared: no classes."
 
 
 @_user_errors
-def teach_train(request: gr.Request):
-    """Start training on this session's clips (background thread); the timer starts polling."""
-    wb = get_workbench()
-    job = wb.start_teach(wb.clips.ready(_session(request)))
-    counts = job.counts
+def teach_train(request: gr.Request = None):
+    """Queue a training run on this session's clips; the timer starts polling (position in
+    the queue, then progress)."""
+    wb = _wb(request)
+    counts = wb.clips.counts(wb.session.id)
+    wb.start_teach(wb.clips.ready(wb.session.id))
     return gr.Timer(active=True), (f"Training on {sum(counts.values())} clips of {len(counts)} "
-                                   "classes…")
+                                   "classes (queued until a training slot is free)…")
 
 
-def teach_stop():
-    wb = get_workbench()
-    if wb.job is not None and wb.job.status == "running":
-        wb.job.stop()
-        return "Stopping after the current step…"
-    return "Nothing is training."
+def teach_stop(request: gr.Request = None):
+    """Stop this session's run (a queued one leaves the queue); never another session's."""
+    wb = _wb(request)
+    return wb.trainq.stop(wb.session.id)
 
 
 def _progress_html(frac: float, text: str) -> str:
@@ -512,14 +559,20 @@ def training_figure(records: list[dict]):
     return fig
 
 
-def teach_poll():
+def teach_poll(request: gr.Request = None):
     """Timer tick: progress bar, live plot, status; stops the timer when the run ends."""
-    wb = get_workbench()
-    job = wb.job
-    if job is None:
+    wb = _wb(request)
+    ticket = wb.session.last_ticket
+    if ticket is None:
         return (_progress_html(0, "idle"), None, "", gr.Timer(active=False), gr.update(),
                 gr.update(), gr.update())
-    snap = job.snapshot()
+    snap = wb.trainq.snapshot(ticket)
+    if snap["status"] == "queued":
+        text = (f"waiting for a training slot: number {snap['position']} in the queue "
+                f"({snap['running']} training now); starts in about "
+                f"{max(1, round(snap['estimate_s'] / 60))} min")
+        return (_progress_html(0, text), None, "", gr.Timer(active=True), gr.update(),
+                gr.update(), gr.update(interactive=False))
     running = snap["status"] == "running"
     runs = [r.get("run") for r in snap["records"]]
     now = runs[-1] if runs else "preparing (decoding each clip once)"
@@ -538,19 +591,19 @@ def teach_poll():
     elif snap["status"] == "failed":
         md = f"Training failed: {snap['error']}"
     elif snap["status"] == "stopped":
-        md = "Stopped. The demo models stay active; train again to finish."
+        md = "Stopped. Your models stay as they were; train again to finish."
     return (_progress_html(snap["fraction"], text), fig, md, gr.Timer(active=running), radio,
             target, gr.update(interactive=not running))
 
 
 @_user_errors
-def teach_download():
-    return str(get_workbench().taught_zip())
+def teach_download(request: gr.Request = None):
+    return str(_wb(request).taught_zip())
 
 
 @_user_errors
-def teach_restore(file):
-    wb = get_workbench()
+def teach_restore(file, request: gr.Request = None):
+    wb = _wb(request)
     summary = wb.restore_taught(file)
     return (f"Restored the taught models ({', '.join(summary['classes'])}); every tab now uses "
             "them.", gr.update(value="taught"),
@@ -558,13 +611,14 @@ def teach_restore(file):
 
 
 @_user_errors
-def teach_api(files, names):
+def teach_api(files, names, request: gr.Request = None):
     """API /teach: clip files + a JSON list of their class names (same length) → train with the
-    default settings (blocking) → {classes, clips, train_top1, val_top1, seconds}."""
+    default settings (blocking: waits in the training queue like the page's Train, then trains)
+    → {classes, clips, train_top1, val_top1, seconds, models}. The clips replace this client's
+    earlier ones; the taught set becomes this client's active set (no one else's)."""
     import json
-    import uuid
 
-    wb = get_workbench()
+    wb = _wb(request)
     if isinstance(names, str):
         try:
             names = json.loads(names)
@@ -575,19 +629,22 @@ def teach_api(files, names):
     if not isinstance(names, list) or len(names) != len(files):
         raise UserError(f"give one class name per clip: {len(files)} clips, "
                         f"{len(names) if isinstance(names, list) else 'no'} names")
-    session = f"api-{uuid.uuid4().hex[:12]}"
+    session = wb.session.id
+    if wb.ticket is not None:
+        raise UserError(f"your training run is already {wb.ticket.status}; wait for it first")
+    wb.clips.clear(session)
     for name in dict.fromkeys(names):
         wb.clips.add(session, name, [f for f, n in zip(files, names) if n == name],
                      check=wb.check_clip)
-    job = wb.start_teach(wb.clips.ready(session))
-    job.thread.join()
-    snap = job.snapshot()
+    ticket = wb.start_teach(wb.clips.ready(session))
+    ticket.done.wait()
+    snap = wb.trainq.snapshot(ticket)
     if snap["status"] != "done":
         raise UserError(f"training {snap['status']}: {snap['error']}" if snap["error"]
                         else f"training {snap['status']}")
     r = snap["result"]
     out = {"classes": r["classes"], "clips": r["clips"], "train_top1": r["train_top1"],
-           "seconds": r["seconds"], "models": wb.active}
+           "seconds": r["seconds"], "models": wb.session.active}
     if r.get("val_top1") is not None:
         out["val_top1"] = r["val_top1"]
     return out
@@ -607,7 +664,9 @@ def teach_tab():
                 c["webcam"] = gr.Video(sources=["webcam", "upload"], include_audio=True,
                                        label="Recording", elem_id="teach-webcam")
                 c["add_rec"] = gr.Button("Add the recording to this class")
-            with gr.Accordion("…or a folder of class folders on the server", open=False):
+            # only where the operator shares folders (MMT_TEACH_FOLDERS; off by default)
+            with gr.Accordion("…or a folder of class folders on the server", open=False,
+                              visible=bool(get_workbench().teach_folders)):
                 c["folder"] = gr.Textbox(label="Server folder (FOLDER/CLASS/*.mp4)")
                 c["add_folder"] = gr.Button("Add the folder's classes")
         with gr.Column(scale=1):
@@ -626,7 +685,9 @@ def teach_tab():
                                           elem_id="teach-download")
         c["restore"] = gr.File(label="Restore taught models from a zip", file_types=[".zip"],
                                type="filepath", elem_id="teach-restore")
-    c["timer"] = gr.Timer(1.0, active=False)
+    # every 2 s while this session's run is queued or running (30 pages polling each second
+    # would be 30 queue events a second on 2 cores)
+    c["timer"] = gr.Timer(2.0, active=False)
     # API-only inputs of /teach (hidden): the clip files and their class names.
     c["api_files"] = gr.File(file_count="multiple", type="filepath", visible=False)
     c["api_names"] = gr.JSON(visible=False)
@@ -652,8 +713,11 @@ def wire_teach(c: dict, models: gr.Radio, target, models_md) -> None:
     c["restore"].upload(teach_restore, c["restore"], [c["msg"], models, target],
                         api_name="teach_restore", **hidden) \
         .success(switch_models, models, [models_md, target], api_name="restore_models", **hidden)
+    # /teach waits in the training queue (workbench.classroom), not in gradio's: many callers
+    # may wait at once, each holding a worker thread that sleeps
     c["api_btn"].click(teach_api, [c["api_files"], c["api_names"]], c["api_out"],
-                       api_name="teach", concurrency_limit=1)
+                       api_name="teach", concurrency_limit=LIMITS["teach"],
+                       concurrency_id="teach")
 
 
 def timeline_panel():
@@ -680,19 +744,19 @@ def wire_timeline(clip, plot, slider, md, click, btn, target, layer, method, fra
         .success(jump, jump_in, jump_out, api_name="click_window", **hidden)
 
 
-def _click_to_start(x, clip):
+def _click_to_start(x, clip, request: gr.Request = None):
     """A clicked window centre (seconds) → that window's start, for the slider."""
     try:
         centre = float(x)
     except (TypeError, ValueError):
         raise gr.Error("no window clicked", print_exception=False) from None
-    tl = get_workbench().timeline(clip)
+    tl = _wb(request).timeline(clip)
     k = int(np.argmin([abs((a + b) / 2 - centre) for a, b in zip(tl["starts"], tl["ends"])]))
     return gr.update(value=round(tl["starts"][k], 3))
 
 
-def page_models():
-    wb = get_workbench()
+def page_models(request: gr.Request = None):
+    wb = _wb(request)
     try:
         return gr.update(choices=wb.set_names(), value=wb.active), _models_md(wb)
     except UserError as e:
@@ -700,11 +764,11 @@ def page_models():
 
 
 @_user_errors
-def models_changed():
+def models_changed(request: gr.Request = None):
     """After a switch: the new set's example clips, and the Dataset tab emptied (its tables
     were the previous set's) with the new classes in its cell pickers."""
-    wb = get_workbench()
-    examples, _ = page_load()
+    wb = _wb(request)
+    examples, _ = page_load(request)
     classes = wb.class_names
     md = f"Models: **{wb.active}**. Press *Evaluate* to analyse its data."
     return (examples, md, None, None, None, gr.update(choices=classes, value=classes[0]),
@@ -722,9 +786,9 @@ DATASET_HEADERS = {
     "accuracy": ["model", "top-1 (%)", "top-5 (%)"],
     "per_class": ["class", "clips", "fused", "audio-only", "video-only", "Avg",
                   "sound adds (fused − video)", "picture adds (fused − audio)"],
-    "cell": ["path", "label", "fused says", "audio says", "picture says"],
-    "suspicious": ["rank", "score", "path", "label", "why"],
-    "neighbours": ["path", "label", "similarity", "fused says"],
+    "cell": ["clip", "label", "fused says", "audio says", "picture says"],
+    "suspicious": ["rank", "score", "clip", "label", "why"],
+    "neighbours": ["clip", "label", "similarity", "fused says"],
 }
 NEIGHBOUR_KINDS = [("by sound", "audio"), ("by picture", "video"), ("by fused embedding", "fused"),
                    ("sounds nearest this picture (g_A ~ g_V)", "cross")]
@@ -748,14 +812,14 @@ def confusion_figure(conf: np.ndarray, classes: list[str], role: str):
 
 
 @_user_errors
-def dataset_run():
+def dataset_run(request: gr.Request = None):
     """Evaluate the active set on its data: summary, tables, confusion, suspicious clips."""
-    wb = get_workbench()
+    wb = _wb(request)
     s = wb.dataset_summary()
     acc = [[MODEL_TITLES[r], _pct(a["top1"]), _pct(a["top5"])] for r, a in s["accuracy"].items()]
     per = [[r["class"], r["count"], *(_pct(r.get(k)) for k in ("mmt", "audio", "video", "avg")),
             _pct(r["sound_adds"]), _pct(r["picture_adds"])] for r in s["per_class"]]
-    sus = [[k + 1, round(x["score"], 2), x["path"], x["label"], x["reason"]]
+    sus = [[k + 1, round(x["score"], 2), wb.dataset_ref(x["path"]), x["label"], x["reason"]]
            for k, x in enumerate(s["suspicious"])]
     md = (f"**{s['clips']} clips** of {s['source']}"
           + (f" (a stratified sample of {s['total']})" if s["total"] > s["clips"] else "")
@@ -770,60 +834,65 @@ def dataset_run():
 
 
 @_user_errors
-def dataset_confusion(role):
-    return confusion_figure(*get_workbench().dataset_confusion(role or "mmt"), role or "mmt")
+def dataset_confusion(role, request: gr.Request = None):
+    return confusion_figure(*_wb(request).dataset_confusion(role or "mmt"), role or "mmt")
 
 
 @_user_errors
-def dataset_cell(role, true, pred):
+def dataset_cell(role, true, pred, request: gr.Request = None):
     """The clips of one confusion cell, with each model's top class."""
-    rows = get_workbench().dataset_cell(role or "mmt", true, pred)
-    return [[c["path"], c["label"], *(c.get(r, {}).get("top", "—") for r in ROLES)] for c in rows]
+    wb = _wb(request)
+    rows = wb.dataset_cell(role or "mmt", true, pred)
+    return [[wb.dataset_ref(c["path"]), c["label"], *(c.get(r, {}).get("top", "—") for r in ROLES)]
+            for c in rows]
 
 
-def dataset_pick(evt: gr.SelectData):
-    """A clicked table row → its clip's path (the column called "path")."""
-    row = evt.row_value or []
-    return next((v for v in row if isinstance(v, str) and ("/" in v or "\\" in v)), gr.update())
+def dataset_pick(table, evt: gr.SelectData):
+    """A clicked table row → its clip's name (the column called "clip")."""
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    try:
+        return str(table["clip"].iloc[int(row)])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return gr.update()
 
 
 @_user_errors
-def confusion_click(cell, role):
+def confusion_click(cell, role, request: gr.Request = None):
     """A clicked heatmap cell ("label|predicted") → the cell pickers and the cell's clips."""
     true, _, pred = str(cell or "").partition("|")
     if not true or not pred:
         raise UserError("no confusion cell clicked")
-    return true, pred, dataset_cell(role, true, pred)
+    return true, pred, dataset_cell(role, true, pred, request)
 
 
 @_user_errors
-def embed_click(path):
+def embed_click(path, request: gr.Request = None):
     """A clicked point of an Embeddings map → that reference clip as the current clip."""
     if not path:
         raise UserError("no clip behind this point")
-    return str(get_workbench().reference_clip(path))
+    return str(_wb(request).reference_clip(path))
 
 
 GALLERY_MAX = 24  # thumbnails shown above a table (the table lists every clip)
 
 
 @_user_errors
-def table_gallery(table):
-    """A table with a "path" and a "label" column → thumbnails (each clip's middle frame,
-    captioned with its label and what the fused model says) and their clip paths."""
+def table_gallery(table, request: gr.Request = None):
+    """A table with a "clip" and a "label" column → thumbnails (each clip's middle frame,
+    captioned with its label and what the fused model says) and their clips' names."""
     import pandas as pd
 
-    if table is None or not isinstance(table, pd.DataFrame) or "path" not in table:
+    if table is None or not isinstance(table, pd.DataFrame) or "clip" not in table:
         return [], []
-    wb = get_workbench()
+    wb = _wb(request)
     rows = table.head(GALLERY_MAX).to_dict("records")
-    paths = [r["path"] for r in rows if r.get("path")]
+    paths = [r["clip"] for r in rows if r.get("clip")]
     items = []
     for r in rows:
-        if not r.get("path"):
+        if not r.get("clip"):
             continue
         says = r.get("fused says")
-        items.append((str(wb.thumbnail(r["path"])),
+        items.append((str(wb.thumbnail(r["clip"])),
                       f"{r.get('label', '')}" + (f" → {says}" if says else "")))
     return items, paths
 
@@ -836,21 +905,22 @@ def gallery_pick(paths, evt: gr.SelectData):
 
 
 @_user_errors
-def dataset_open(path):
+def dataset_open(path, request: gr.Request = None):
     """A dataset clip → the clip input (then Predict / Explain run) and the player."""
     if not path:
         raise UserError("pick a clip: click a row of a table above")
-    shown = str(get_workbench().dataset_clip(path))
+    shown = str(_wb(request).dataset_clip(path))
     return shown, shown
 
 
 @_user_errors
-def dataset_neighbours(clip, kind):
+def dataset_neighbours(clip, kind, request: gr.Request = None):
     """The current clip's nearest dataset clips of one kind."""
     if not clip:
         return []
-    rows = get_workbench().dataset_neighbours(clip, kind or "fused", k=8)
-    return [[n["path"], n["label"], round(n["similarity"], 3), n.get("mmt", {}).get("top", "—")]
+    wb = _wb(request)
+    rows = wb.dataset_neighbours(clip, kind or "fused", k=8)
+    return [[wb.dataset_ref(n["path"]), n["label"], round(n["similarity"], 3), n.get("mmt", {}).get("top", "—")]
             for n in rows]
 
 
@@ -920,8 +990,9 @@ def wire_dataset(c: dict, clip, pred_out, explain_in, explain_out) -> None:
     c["confusion_go"].click(confusion_click, [c["confusion_click"], c["role"]],
                             [c["true"], c["pred"], c["cell"]], api_name="confusion_click",
                             **hidden)
-    c["cell"].select(dataset_pick, None, c["path"], api_name="dataset_pick_cell", **hidden)
-    c["suspicious"].select(dataset_pick, None, c["path"], api_name="dataset_pick_suspicious",
+    c["cell"].select(dataset_pick, c["cell"], c["path"], api_name="dataset_pick_cell", **hidden)
+    c["suspicious"].select(dataset_pick, c["suspicious"], c["path"],
+                           api_name="dataset_pick_suspicious",
                            **hidden)
     def open_chain(event, name: str):
         """Play the clip in the path box and run Predict, Explain and Similar clips on it."""
@@ -951,7 +1022,10 @@ def wire_dataset(c: dict, clip, pred_out, explain_in, explain_out) -> None:
 # ---------------------------------------------------------------------------- layout
 def build_demo() -> gr.Blocks:
     """The page. Nothing heavy happens here: models load on the first request or warm-up."""
-    with gr.Blocks(title="MMT Workbench") as demo:
+    # gradio's own copies (uploads, webcam recordings, results) older than MMT_APP_CACHE_AGE_S
+    # are deleted every 10 min, so a class's clips do not pile up between restarts
+    age = _env_int("MMT_APP_CACHE_AGE_S", 2 * 3600)
+    with gr.Blocks(title="MMT Workbench", delete_cache=(600, age)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             clip = gr.File(label="Video clip (mp4, webm, mkv, mov, avi)", type="filepath",
@@ -961,7 +1035,7 @@ def build_demo() -> gr.Blocks:
                                       elem_id="example")
                 wb = get_workbench()  # no models load here: the set names only
                 models = gr.Radio(wb.set_names(), value=wb.active, elem_id="models",
-                                  label="Models (for every tab and user of this server)")
+                                  label="Models (every tab of this page; yours only)")
                 models_md = gr.Markdown(elem_id="models-md")
                 status = gr.Markdown(elem_id="status")
         with gr.Tabs():
@@ -1064,4 +1138,33 @@ def build_demo() -> gr.Blocks:
             .success(embed, [clip, method, source], embed_out, api_name="embed_click_embed",
                      **hidden)
         demo.load(ablations, None, [abl_table, abl_plot, abl_md], api_name="page_ablations", **hidden)
+        # a leaving tab or a closed gradio_client Client: its run and files go (the idle TTL
+        # catches the rest)
+        demo.unload(end_session)
+        status_btn = gr.Button(visible=False)
+        status_out = gr.JSON(visible=False)
+        status_btn.click(classroom_status, None, status_out, api_name="classroom",
+                         api_visibility="undocumented")
+    set_limits(demo)
     return demo
+
+
+def set_limits(demo: gr.Blocks) -> None:
+    """Put every event in its concurrency group (GROUP_OF by handler name, else "light")."""
+    for fn in demo.fns.values():
+        if fn.fn is None:  # a JavaScript-only event
+            continue
+        group = GROUP_OF.get(getattr(fn.fn, "__name__", ""), "light")
+        fn.concurrency_id, fn.concurrency_limit = group, LIMITS[group]
+
+
+def end_session(request: gr.Request = None):
+    """demo.unload: the session's queued run is dropped, its running one stopped, its clips,
+    taught set and downloads deleted."""
+    get_workbench().end_session(_session(request))
+
+
+def classroom_status():
+    """API /classroom (undocumented; the benchmark's): the training queue and the sessions."""
+    wb = get_workbench()
+    return {"train": wb.trainq.depth(), "sessions": len(wb.sessions)}
