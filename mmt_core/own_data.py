@@ -187,6 +187,13 @@ def prepare_own_data(data, cfg: ExperimentConfig, run_dir, progress: bool = True
                      f"straddles train and val; seed {cfg.train.seed}) into "
                      f"{run / 'manifest.csv'}; `best` and the few-clip pool are chosen on them")
         notes += single
+    else:
+        have = Counter(r.labels["label"] for r in records if r.split == val)
+        empty = [c for i, c in enumerate(man.classes["label"]) if not have.get(i)]
+        if empty:
+            raise UserError(f"{p}: {len(empty)} class(es) have no clips in the '{val}' split "
+                            f"(first: '{empty[0]}'); give each class validation clips, or drop "
+                            f"the '{val}' split to have one carved by source")
     manifest = write_plain_manifest(run / "manifest.csv", records, man.classes)
     d.manifest, d.format, d.root, d.val_split = str(manifest.resolve()), "plain", "", val
 

@@ -141,6 +141,15 @@ def test_bad_data_errors(synth_dir, tmp_path, capsys):
     assert "shorter than 1 s" in err and "short.mp4" in err
     (tmp_path / "empty").mkdir()
     assert "empty folder" in _cli_error(capsys, tmp_path / "empty", tmp_path)
+    # a val split that leaves a class out; a group column with one group per class
+    no_val = _write_csv(tmp_path / "noval.csv", [(p, c, "train") for p, c in clips]
+                        + [(clips[0][0], clips[0][1], "val")])
+    assert "have no clips in the 'val' split" in _cli_error(capsys, no_val, tmp_path)
+    with open(tmp_path / "grouped.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "group"])
+        w.writerows([(p, c, "train", f"rec_{c}") for p, c in clips])
+    assert "single group" in _cli_error(capsys, tmp_path / "grouped.csv", tmp_path)
 
 
 # ---------------------------------------------------------------- heads, fused head, stop
