@@ -73,14 +73,16 @@ class ModelSet:
         return Path(rec) if rec and Path(rec).exists() else None
 
     def weights_hash(self) -> str:
-        """sha256 over every model's role and weights: a cache key of anything computed from
-        the set's outputs."""
+        """sha256 over every model's role, weights and few-clip pool (it changes the
+        predictions too): a cache key of anything computed from the set's outputs."""
         h = hashlib.sha256()
         for role in self.roles:
             h.update(role.encode())
-            with open(self.models[role] / ckpt.WEIGHTS, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            for name in (ckpt.WEIGHTS, "fewshot.safetensors"):
+                if (self.models[role] / name).is_file():
+                    with open(self.models[role] / name, "rb") as f:
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            h.update(block)
         return h.hexdigest()
 
     def describe(self) -> dict:
