@@ -29,7 +29,7 @@ def taught(tmp_path_factory):
         make_checkpoint(root, name)
         ood.build(root / name, clips)
         meta = read_meta(root / name)
-        dims = {"audio": 2 * meta["preprocessing"]["num_mel_bins"], "video": fewshot.BINS ** 3}
+        dims = {"audio": meta["preprocessing"]["num_mel_bins"], "video": fewshot.BINS ** 3}
         classes = len(next(iter(meta["classes"].values())))
         y = torch.arange(classes).repeat(2)
         probes = {s: fewshot.fit_probe(torch.rand(len(y), dims[s]), y, classes)
