@@ -413,6 +413,31 @@ def _row(name: str, report: dict) -> dict:
             "clips": report["num_samples"]}
 
 
+def compare_rows(checkpoints: dict, data: DataConfig, test, classes, progress: bool = True
+                 ) -> list[dict]:
+    """The compare table's rows: each checkpoint ({"audio", "video", "mmt"}: dirs) on the test
+    records, and the Avg and Product late fusions of the audio-only and video-only ones."""
+    import torch
+
+    from .metrics import accuracy_report
+
+    reports = {k: _test_probs(checkpoints[k], data, test, classes, progress)
+               for k in ("audio", "video", "mmt")}
+    if not torch.equal(reports["audio"]["labels"]["label"], reports["video"]["labels"]["label"]):
+        raise UserError("the audio-only and video-only models were scored on different clips "
+                        "(a clip failed to load in one of them): no Avg row")
+    pa, pv = reports["audio"]["probs"]["label"], reports["video"]["probs"]["label"]
+    reports["avg"] = accuracy_report({"label": (pa + pv) / 2}, reports["audio"]["labels"],
+                                     {"label": classes})
+    # Product of the two softmaxes (= softmax of the logit sum): where the MMT's fused head starts.
+    prod = pa * pv
+    reports["product"] = accuracy_report({"label": prod / prod.sum(-1, keepdim=True)},
+                                         reports["audio"]["labels"], {"label": classes})
+    names = {"audio": "audio-only", "video": "video-only", "avg": "Avg (late fusion)",
+             "product": "Product (late fusion)", "mmt": "MMT"}
+    return [_row(names[k], reports[k]) for k in ("audio", "video", "avg", "product", "mmt")]
+
+
 def compare(data, out, *, epochs: int | None = None, overrides=(), progress: bool = True,
             on_record=None, stop=None, init=None) -> dict:
     """Train audio-only, video-only and the MMT on `data` with the own-data recipes, evaluate
@@ -420,10 +445,7 @@ def compare(data, out, *, epochs: int | None = None, overrides=(), progress: boo
 
     The MMT starts from the two unimodal runs (train.init=auto, the recipe's default; --set
     train.init=none trains it from scratch). Writes OUT/compare.json."""
-    import torch
-
     from .data.manifests import read_manifest
-    from .metrics import accuracy_report
 
     t0 = time.time()
     out = Path(out)
@@ -450,22 +472,7 @@ def compare(data, out, *, epochs: int | None = None, overrides=(), progress: boo
     result["checkpoints"]["mmt"] = _best(res)
     if res.get("stopped"):
         return {**result, "stopped": True, "seconds": round(time.time() - t0, 1)}
-    reports = {k: _test_probs(result["checkpoints"][k], cfg.data, test, classes, progress)
-               for k in ("audio", "video", "mmt")}
-    if not torch.equal(reports["audio"]["labels"]["label"], reports["video"]["labels"]["label"]):
-        raise UserError("the audio-only and video-only models were scored on different clips "
-                        "(a clip failed to load in one of them): no Avg row")
-    pa, pv = reports["audio"]["probs"]["label"], reports["video"]["probs"]["label"]
-    reports["avg"] = accuracy_report({"label": (pa + pv) / 2}, reports["audio"]["labels"],
-                                     {"label": classes})
-    # Product of the two softmaxes (= softmax of the logit sum): where the MMT's fused head starts.
-    prod = pa * pv
-    reports["product"] = accuracy_report({"label": prod / prod.sum(-1, keepdim=True)},
-                                         reports["audio"]["labels"], {"label": classes})
-    names = {"audio": "audio-only", "video": "video-only", "avg": "Avg (late fusion)",
-             "product": "Product (late fusion)", "mmt": "MMT"}
-    result["rows"] = [_row(names[k], reports[k])
-                      for k in ("audio", "video", "avg", "product", "mmt")]
+    result["rows"] = compare_rows(result["checkpoints"], cfg.data, test, classes, progress)
     result["seconds"] = round(time.time() - t0, 1)
     write_json(out / "compare.json", result, indent=2, default=str)
     return result
