@@ -40,6 +40,7 @@ K = 5  # neighbours averaged: small enough for 10-clip classes, large enough to 
 QUANTILE = 0.99  # of the reference clips' out-of-fold scores: the threshold
 FOLDS = 5  # out-of-fold scoring of the reference clips (leave-one-out below FOLDS clips)
 SHRINK = 0.1  # least Mahalanobis shrinkage toward the diagonal; D / n when that is more
+SMALL_REFERENCE = 100  # fewer clips: thresholds scaled from the median (`high_quantile`)
 MODALITIES = ("audio", "video")
 # The shipped detector (chosen in docs/ood.md): k-NN on the embedding and Mahalanobis on the
 # input statistics, per sense.
@@ -187,6 +188,20 @@ class Maha:
 SCORERS = {s.name: s for s in (KNN, Maha)}
 
 
+def high_quantile(scores: np.ndarray, quantile: float, dims: int) -> float:
+    """The `quantile` of out-of-fold distances. From SMALL_REFERENCE clips up, the empirical
+    one; below, it would be one of the few largest scores, set by a single odd reference clip
+    (one taught clip 7x farther than the rest made the threshold 7x looser, and a test pattern
+    with white noise passed). There it is scaled from the median, as for distances whose
+    squares follow a chi-square with `dims` degrees of freedom."""
+    scores = np.asarray(scores, np.float64)
+    if len(scores) >= SMALL_REFERENCE:
+        return float(np.quantile(scores, quantile))
+    from scipy.stats import chi2
+
+    return float(np.median(scores) * np.sqrt(chi2.ppf(quantile, dims) / chi2.ppf(0.5, dims)))
+
+
 def out_of_fold(scorer, x: np.ndarray, k: int, folds: int = FOLDS) -> np.ndarray:
     """Each reference row's score under a fit on the other folds (leave-one-out when few)."""
     n = len(x)
@@ -223,7 +238,7 @@ def fit(features: dict[str, dict[str, np.ndarray]], *, members=DEFAULT, k: int =
                 raise ValueError(f"need a (n >= 2, D) reference set, got {s} {feat} {x.shape}")
             scorer = SCORERS[scorer_name]
             o = out_of_fold(scorer, x, k)
-            thr = max(float(np.quantile(o, quantile)), 1e-6)
+            thr = max(high_quantile(o, quantile, x.shape[1]), 1e-6)
             fitted.append({"scorer": scorer_name, "feature": feat, "state": scorer.fit(x, k),
                            "threshold": thr})
             oof.append(o / thr)
@@ -236,7 +251,7 @@ def fit(features: dict[str, dict[str, np.ndarray]], *, members=DEFAULT, k: int =
             # clips of the taught classes (docs/ood.md, "Taught models"); the margin is ~1.1
             # for a reference of hundreds of clips.
             d = max(np.asarray(fs[f]).shape[1] for _, f in members if f in fs)
-            sense_thr[s] = max(float(np.quantile(np.max(oof, 0), quantile)), 1e-6) * (1 + d / n)
+            sense_thr[s] = max(high_quantile(np.max(oof, 0), quantile, d), 1e-6) * (1 + d / n)
     return {"senses": senses, "thresholds": sense_thr,
             "method": method_name(members), "k": int(min(k, n - 1)), "quantile": float(quantile),
             "n": int(n)}

@@ -205,3 +205,9 @@ def test_a_small_reference_passes_its_own_distribution_and_flags_a_shift():
         return np.mean([ood.score({"audio": {"stats": row[None]}}, ref)["flagged"] for row in x])
     assert flagged(rng.normal(size=(200, 23))) <= 0.1  # held-out draws of the same kind
     assert flagged(rng.normal(loc=3.0, size=(50, 23))) >= 0.9
+    # one odd reference clip far from the rest does not open the gate for everything
+    odd = rng.normal(size=(24, 23)).astype(np.float32)
+    odd[0, :3] = 20.0
+    ref = ood.fit({"audio": {"stats": odd}})
+    assert flagged(rng.normal(size=(200, 23))) <= 0.1
+    assert flagged(rng.normal(loc=3.0, size=(50, 23))) >= 0.75
