@@ -12,7 +12,7 @@ import pytest
 
 from mmt_core.errors import UserError
 from workbench import classroom, teach
-from wb_helpers import make_checkpoint, one_torch_thread
+from wb_helpers import one_torch_thread, random_checkpoints
 
 
 class StepJob:
@@ -121,10 +121,7 @@ def test_clip_refs_are_names_under_the_common_folder():
 # ------------------------------------------------------------------ Workbench views
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny"):
-        make_checkpoint(out, n)
-    return out
+    return random_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 def taught_zip(tmp: Path, classes: list[str]) -> Path:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wb_helpers import make_checkpoint, one_torch_thread
+from wb_helpers import one_torch_thread, random_checkpoints
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -17,10 +17,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    for n in ("mmt_tiny", "mvit_tiny_video", "mat_tiny"):
-        make_checkpoint(out, n)
-    return out
+    return random_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_examples_follow_the_checkpoints_generator_version(ckpts, tmp_path):

@@ -31,14 +31,19 @@ def make_checkpoint(out: Path, name: str, seed: int = 0) -> Path:
     return out / name
 
 
+def random_checkpoints(out: Path) -> Path:
+    """The three demo models with random weights, written under out (returned)."""
+    for n in DEMO:
+        make_checkpoint(out, n)
+    return out
+
+
 def demo_checkpoints(tmp: Path) -> Path:
     """The shipped checkpoints/ when all three exist, else random ones written under tmp."""
     shipped = ROOT / "checkpoints"
     if all((shipped / n / "model.safetensors").is_file() for n in DEMO):
         return shipped
-    for n in DEMO:
-        make_checkpoint(tmp, n)
-    return tmp
+    return random_checkpoints(tmp)
 
 
 def free_port() -> int:
