@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wb_helpers import ROOT, browser_marks, launch_chromium, serve_app
+from wb_helpers import VIEWPORT, artifact, browser_marks, launch_chromium, serve_app
 
 pytestmark = browser_marks()
 
@@ -23,12 +23,11 @@ def test_upload_shows_predictions_cams_and_embeddings(app, tmp_path):
 
     clip = tmp_path / "box_whistle.mp4"
     make_clip(clip, 3, np.random.default_rng(11))
-    shot = ROOT / "artifacts" / "workbench.png"
-    shot.parent.mkdir(exist_ok=True)
+    shot = artifact("workbench.png")
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport=VIEWPORT)
             page.goto(app.url)
             page.locator("#clip input[type=file]").set_input_files(str(clip))
             # Predict tab: three top-5 label lists with the built-in class names.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from test_app_teach import TAUGHT, teach_clips
-from wb_helpers import browser_marks, launch_chromium, serve_app
+from wb_helpers import VIEWPORT, browser_marks, launch_chromium, serve_app
 
 pytestmark = browser_marks()
 
@@ -24,8 +24,8 @@ def test_one_student_teaches_the_other_sees_the_demo_and_cannot_stop_it(app, tmp
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            a = browser.new_context(viewport=VIEWPORT).new_page()
+            b = browser.new_context(viewport=VIEWPORT).new_page()
             a.goto(app.url)
             b.goto(app.url)
             a.get_by_role("tab", name="Teach").click()

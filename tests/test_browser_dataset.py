@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from wb_helpers import ROOT, browser_marks, launch_chromium, serve_app
+from wb_helpers import VIEWPORT, artifact, browser_marks, launch_chromium, serve_app
 
 pytestmark = browser_marks()
 
@@ -19,12 +19,11 @@ def app(tmp_path_factory):
 def test_confusion_cell_to_clip_to_explain_and_similar_clips(app):
     from playwright.sync_api import expect, sync_playwright
 
-    shot = ROOT / "artifacts" / "workbench_dataset.png"
-    shot.parent.mkdir(exist_ok=True)
+    shot = artifact("workbench_dataset.png")
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport=VIEWPORT)
             page.goto(app.url)
             page.get_by_role("tab", name="Dataset").click()
             page.locator("#dataset-run").click()

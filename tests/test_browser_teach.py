@@ -12,7 +12,8 @@ import pytest
 from conftest import make_media
 from test_app_teach import TAUGHT, teach_clips
 from test_ood import noise_clip
-from wb_helpers import CHROMIUM, ROOT, browser_marks, launch_chromium, serve_app
+from wb_helpers import (CHROMIUM, ROOT, VIEWPORT, artifact, browser_marks, launch_chromium,
+                        serve_app)
 
 pytestmark = browser_marks()
 
@@ -37,7 +38,7 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport=VIEWPORT)
             console = []  # shown when the test fails
             page.on("console", lambda m: console.append(m.text))
             page.goto(app.url)
@@ -156,8 +157,7 @@ def test_a_webcam_recording_becomes_a_clip_of_the_class(app, tmp_path):
                 "src", re.compile(r"\.webm$"), timeout=60_000)
             page.get_by_role("button", name="Add the recording to this class").click()
             expect(page.locator("#teach-table")).to_contain_text("webcam_knock", timeout=60_000)
-            (ROOT / "artifacts").mkdir(exist_ok=True)
-            page.screenshot(path=str(ROOT / "artifacts" / "workbench_webcam.png"), full_page=True)
+            page.screenshot(path=str(artifact("workbench_webcam.png")), full_page=True)
             # read while the page is open: a closed page's session and its clips are deleted
             stored = list((app.cache_dir / "teach" / "sessions").glob("*/webcam_knock/*.webm"))
             assert len(stored) == 1

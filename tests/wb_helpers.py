@@ -114,6 +114,15 @@ def serve_app(tmp: Path, **env: str):
         server.stop()
 
 
+VIEWPORT = {"width": 1400, "height": 1000}  # every browser test's page size
+
+
+def artifact(name: str) -> Path:
+    """ROOT/artifacts/NAME, the folder made: where the browser tests leave screenshots."""
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    return ROOT / "artifacts" / name
+
+
 def launch_chromium(playwright):
     """Headless Debian chromium as root on a machine without network: no sandbox, no GPU, no
     background connections (each would be refused)."""
