@@ -75,9 +75,10 @@ def score_held_out(taught: Path, manifest: Path, others: Path | None, tmp: Path)
     noise = tmp / "noise.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=160x160:d=3",
                     "-f", "lavfi", "-i", "anoisesrc=d=3", "-shortest", str(noise)], check=True)
-    foreign = [noise] + ([r.path for r in read_manifest(others).records
-                          if read_manifest(others).classes["label"][r.labels["label"]] not in names]
-                         if others else [])
+    other = read_manifest(others) if others else None
+    foreign = [noise] + ([r.path for r in other.records
+                          if other.classes["label"][r.labels["label"]] not in names]
+                         if other else [])
     out = {"held_out_clips": len(test), "other_class_clips": len(foreign) - 1}
     for role, name in DEMO_MODELS.items():
         hits = flagged = 0

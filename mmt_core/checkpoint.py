@@ -279,8 +279,10 @@ def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = N
     os.chmod(tmp, 0o755)
     try:
         shutil.copyfile(src / WEIGHTS, tmp / WEIGHTS)
-        if (src / "fewshot.safetensors").is_file():  # fitted on these weights: travels with them
-            shutil.copyfile(src / "fewshot.safetensors", tmp / "fewshot.safetensors")
+        from .fewshot import POOL_FILE
+
+        if (src / POOL_FILE).is_file():  # fitted on these weights: travels with them
+            shutil.copyfile(src / POOL_FILE, tmp / POOL_FILE)
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=_json_default))
         if dst.is_dir() and (dst / WEIGHTS).is_file() and \
                 filecmp.cmp(src / WEIGHTS, dst / WEIGHTS, shallow=False):

@@ -1,9 +1,11 @@
 """Few-clip pooling: what a checkpoint adds when it was trained on only a few clips per class.
 
-    pool = fit_pool(model, meta, train_set, val_set)    # probes + weights, from the run's data
-    save_pool(checkpoint_dir, pool)                     # CHECKPOINT/fewshot.safetensors
-    load_checkpoint(dir)                                # attaches it: every forward in eval mode
-                                                        # returns the pooled logits
+    train = own_data.collect_pool_inputs(model, train_set)    # network log-probs, descriptors
+    pool = fit_pool(model.modalities, train, val, classes, (video_mean, video_std))
+    save_pool(checkpoint_dir, pool)       # CHECKPOINT/fewshot.safetensors
+    load_checkpoint(dir)                  # attaches it: every eval forward without gradients
+                                          # returns the pooled log-probabilities
+    (own_data.fit_run_pool does all of it for a run's checkpoint.)
 
 A Transformer fine-tuned on six clips per class learns them by heart (training accuracy 100 %)
 and, on real recordings it has not seen, can stay near chance (docs/fewshot.md). Two fixed,
@@ -92,7 +94,8 @@ def descriptors(inputs: dict, video_norm) -> dict[str, torch.Tensor]:
 def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = L2) -> dict:
     """Multinomial logistic regression on standardised x (n, D): {"mean", "std", "weight",
     "bias"}; L-BFGS to convergence (a convex problem, so the same answer every time)."""
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-4) if len(x) > 1 else torch.ones(x.shape[1])
+    mean = x.mean(0)
+    std = x.std(0).clamp_min(1e-4) if len(x) > 1 else torch.ones(x.shape[1])
     z = (x - mean) / std
     w = torch.zeros(classes, x.shape[1], requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
@@ -156,10 +159,10 @@ class Pool:
     def logits(self, net_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
         """(B, C) pooled log-probabilities from the network's logits and its inputs."""
         out = self.weights["net"] * net_logits.float().log_softmax(-1)
-        for sense, x in descriptors(inputs, self.video_norm).items():
-            if sense in self.probes and self.weights.get(sense, 0.0) > 0:
-                out = out + self.weights[sense] * probe_logits(
-                    self.probes[sense], x.to(out.device)).log_softmax(-1)
+        voting = {s: inputs.get(s) for s in self.probes if self.weights.get(s, 0.0) > 0}
+        for sense, x in descriptors(voting, self.video_norm).items():  # only the senses that vote
+            out = out + self.weights[sense] * probe_logits(
+                self.probes[sense], x.to(out.device)).log_softmax(-1)
         return out.log_softmax(-1)
 
     def hook(self, module, args, kwargs, output):
@@ -172,7 +175,7 @@ class Pool:
         return output
 
 
-def fit_pool(model, train: dict, val: dict, classes: int, video_norm) -> Pool:
+def fit_pool(modalities: str, train: dict, val: dict, classes: int, video_norm) -> Pool:
     """Probes on the train + val descriptors, and a weight per expert from its out-of-sample
     predictions (`expert_weight`): out-of-fold over train + val for a probe, val for the
     network (kept when there is no val). Takes `own_data.collect_pool_inputs` outputs:
@@ -181,7 +184,7 @@ def fit_pool(model, train: dict, val: dict, classes: int, video_norm) -> Pool:
     weights = {"net": expert_weight(val["logp"], val["y"], classes) if n_val else 1.0}
     probes, report = {}, {"val_clips": n_val}
     y = torch.cat([train["y"], val["y"]]) if n_val else train["y"]
-    for sense in SENSES[model.modalities]:
+    for sense in SENSES[modalities]:
         x = torch.cat([train[sense], val[sense]]) if n_val else train[sense]
         oof = out_of_fold(x, y, classes)
         weights[sense] = expert_weight(oof, y, classes)
@@ -191,7 +194,6 @@ def fit_pool(model, train: dict, val: dict, classes: int, video_norm) -> Pool:
         report["net_val_top1"] = round(float((val["logp"].argmax(1) == val["y"]).float().mean()), 4)
     if not any(weights.values()):  # nothing beats chance: the network, as trained
         weights["net"] = 1.0
-    report["weights"] = dict(weights)
     return Pool(probes, weights, video_norm, report)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .errors import UserError
+from .fewshot import POOL_FILE
 
 # config.json "modalities" → the model's role in a set.
 ROLES = {"av": "mmt", "a": "audio", "v": "video"}
@@ -78,7 +79,7 @@ class ModelSet:
         h = hashlib.sha256()
         for role in self.roles:
             h.update(role.encode())
-            for name in (ckpt.WEIGHTS, "fewshot.safetensors"):
+            for name in (ckpt.WEIGHTS, POOL_FILE):
                 if (self.models[role] / name).is_file():
                     with open(self.models[role] / name, "rb") as f:
                         for block in iter(lambda: f.read(1 << 20), b""):

@@ -177,8 +177,9 @@ def prepare_own_data(data, cfg: ExperimentConfig, run_dir, progress: bool = True
     val = d.val_split or "val"
     if not any(r.split == val for r in records):
         train_only = [r for r in records if r.split == tr]
-        single: list[str] = []
-        carved = carve_split(train_only, d.val_fraction, cfg.train.seed, name=val, notes=single)
+        source_notes: list[str] = []
+        carved = carve_split(train_only, d.val_fraction, cfg.train.seed, name=val,
+                             notes=source_notes)
         rest = [r for r in records if r.split != tr]
         records = carved + rest
         n_val = sum(r.split == val for r in carved)
@@ -186,7 +187,7 @@ def prepare_own_data(data, cfg: ExperimentConfig, run_dir, progress: bool = True
                      f"(~{d.val_fraction:.0%} per class, whole sources: a recording never "
                      f"straddles train and val; seed {cfg.train.seed}) into "
                      f"{run / 'manifest.csv'}; `best` and the few-clip pool are chosen on them")
-        notes += single
+        notes += source_notes
     else:
         have = Counter(r.labels["label"] for r in records if r.split == val)
         empty = [c for i, c in enumerate(man.classes["label"]) if not have.get(i)]
@@ -298,7 +299,7 @@ def collect_pool_inputs(model, dataset, batch_size: int = 16) -> dict:
 
 def fit_run_pool(cfg: ExperimentConfig, checkpoint, progress: bool = True) -> dict:
     """Fit mmt_core.fewshot's pool for `checkpoint` on the run's train and val clips (the
-    cache, 1 view) and save it beside the weights; returns its report."""
+    cache, 1 view) and save it beside the weights; returns its report and weights."""
     from . import checkpoint as ckpt
     from . import fewshot
     from .data.dataset import AVDataset
@@ -315,12 +316,13 @@ def fit_run_pool(cfg: ExperimentConfig, checkpoint, progress: bool = True) -> di
         return collect_pool_inputs(model, AVDataset(recs, meta["classes"], cfg.data, train=False,
                                                 num_views=1, modalities=model.modalities))
 
-    pool = fewshot.fit_pool(model, part(cfg.data.train_split), part(cfg.data.val_split),
-                            len(meta["classes"]["label"]), (cfg.data.video_mean, cfg.data.video_std))
+    pool = fewshot.fit_pool(model.modalities, part(cfg.data.train_split),
+                            part(cfg.data.val_split), len(meta["classes"]["label"]),
+                            (cfg.data.video_mean, cfg.data.video_std))
     fewshot.save_pool(checkpoint, pool)
     _say(progress, "few-clip pool of {}: weights {}".format(
         Path(checkpoint).parent.name, ", ".join(f"{k} {v:.2f}" for k, v in pool.weights.items())))
-    return pool.report
+    return {**pool.report, "weights": pool.weights}
 
 
 def _run(cfg, out, name, *, progress, on_record, stop):

@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from mmt_core.errors import UserError
+from mmt_core.fewshot import POOL_FILE
 
 from .inference import DEMO_MODELS
 
@@ -33,7 +34,7 @@ MIN_CLASSES, MAX_CLASSES = 2, 10
 MAX_CLIPS_PER_CLASS = 200
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 # The taught checkpoints' files: all a zip may hold (besides folders).
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "ood.safetensors", "fewshot.safetensors")
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "ood.safetensors", POOL_FILE)
 ZIP_FOLDER = "mmt_taught"  # the zip's top folder: unzip, then --checkpoint mmt_taught/mmt_tiny
 MAX_ZIP_MB = 100.0  # uncompressed: three tiny checkpoints are ~15 MB
 BATCH = 8  # clips per step: 5 classes x 6 clips give ~3 steps per epoch
