@@ -127,6 +127,21 @@ def check_model_set(args) -> None:
     os.environ["MMT_SPLIT"] = args.split
 
 
+def preload_libraries() -> None:
+    """Import, in the main thread, the libraries that requests import lazily (plotly, sklearn,
+    umap, scipy). Two requests' threads importing them at once can meet Python's import
+    deadlock check (sklearn and plotly both import narwhals): the request then fails with
+    '_DeadlockError: deadlock detected by _ModuleLock'. About 2 s at start."""
+    import plotly.graph_objects  # noqa: F401
+    import plotly.subplots  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.manifold  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import umap  # noqa: F401
+
+
 # Before the page is built (gradio's import takes seconds): --help and a bad port answer at once.
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None and ARGS.models:
@@ -147,6 +162,7 @@ if __name__ == "__main__":
     if threads > 0:
         torch.set_num_threads(threads)
     wb = get_workbench()
+    preload_libraries()
 
     def warmup():
         methods = os.environ.get("MMT_APP_WARMUP", "umap").split(",")
