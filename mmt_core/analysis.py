@@ -34,6 +34,8 @@ MODEL_NAMES = {**ROLE_NAMES, "avg": "Avg"}
 # Probabilities are floored here before taking logs: one model's 1e-9 should not outweigh the
 # rest of the evidence (the log margin is then at most ln(1e4) ≈ 9.2 per model).
 PROB_FLOOR = 1e-4
+# Below this many clips the audit uses each model's probabilities as they are (no temperature).
+MIN_CALIBRATION_CLIPS = 20
 
 
 @dataclass
@@ -375,9 +377,38 @@ def _evidence_against_label(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return below + np.maximum(other.max(1), 0.0)
 
 
+def temperature(p: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T that makes softmax(log p / T) fit the labels y best (temperature
+    scaling, Guo et al. 2017; one scalar, in [1/4, 16]). The few wrong labels an audit looks for
+    barely move it; what it corrects is a model that is confidently wrong on many clips."""
+    from scipy.optimize import minimize_scalar
+
+    lp = np.log(np.maximum(p.astype(np.float64), 1e-12))
+
+    def nll(log_t: float) -> float:
+        z = lp / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1))).mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.25), np.log(16.0)),
+                                        method="bounded").x))
+
+
+def calibrated(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """p recalibrated with `temperature` on the split itself; unchanged below
+    MIN_CALIBRATION_CLIPS clips, where one temperature says little."""
+    if len(y) < MIN_CALIBRATION_CLIPS:
+        return p
+    z = np.log(np.maximum(p.astype(np.float64), 1e-12)) / temperature(p, y)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
 def suspicious_scores(ev: Evaluation) -> np.ndarray:
     """(n,) how likely each clip's label is wrong, or its sound and picture disagree with the
-    label or with each other (docs/workbench.md, "Dataset analysis"):
+    label or with each other (docs/workbench.md, "Dataset analysis"). Each model's
+    probabilities are first recalibrated on the split (`calibrated`), so a model that is often
+    confidently wrong (a weak sense) counts for less:
 
         score = Σ over the set's models m of evidence_m  +  conflict(audio-only, video-only)
 
@@ -389,9 +420,10 @@ def suspicious_scores(ev: Evaluation) -> np.ndarray:
     classes share) does not count as disagreeing with the picture. Probabilities are floored at
     PROB_FLOOR (each log term is at most ln(1/PROB_FLOOR) ≈ 9.2)."""
     y = ev.labels
-    score = sum(_evidence_against_label(ev.probs[r], y) for r in ev.probs)
-    if {"audio", "video"} <= set(ev.probs):
-        score = score + _conflict(ev.probs["audio"], ev.probs["video"])
+    probs = {r: calibrated(p, y) for r, p in ev.probs.items()}
+    score = sum(_evidence_against_label(p, y) for p in probs.values())
+    if {"audio", "video"} <= set(probs):
+        score = score + _conflict(probs["audio"], probs["video"])
     return np.asarray(score, np.float64)
 
 

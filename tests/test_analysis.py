@@ -100,6 +100,34 @@ def test_unsure_unimodal_models_are_not_a_conflict():
     assert "picture does not fit" in A.reason(ev, 1) and "picture says cow or dog" in A.reason(ev, 1)
 
 
+def test_temperature_softens_a_model_that_is_often_confidently_wrong():
+    y = np.arange(40) % 3
+    wrong = onehotish(np.where(np.arange(40) % 2 == 0, y, (y + 1) % 3).tolist(), sure=0.98)
+    right = onehotish(y.tolist(), sure=0.6)
+    assert A.temperature(wrong, y) > 2.0 and A.temperature(right, y) < 1.0
+    assert np.allclose(A.calibrated(wrong, y).sum(1), 1.0)
+    assert np.array_equal(A.calibrated(wrong[:10], y[:10]), wrong[:10])  # too few clips
+
+
+def test_a_flip_that_every_sense_sees_outranks_a_weak_senses_confident_mistakes(monkeypatch):
+    """40 clips; the picture model is confidently wrong on half of them, the sound model is
+    right and unsure. Clip 0's label is flipped: sound and picture both name its true class,
+    moderately. Calibrated, the flip ranks first; taken at face value, the picture's confident
+    mistakes on correctly labelled clips bury it."""
+    true = np.arange(40) % 3
+    labels = true.copy()
+    labels[0] = 1  # flipped: cat → cow
+    video_top = np.where(np.arange(40) % 2 == 1, (true + 2) % 3, true)
+    ev = toy(labels.tolist(), mmt=true.tolist(), audio=true.tolist(), video=video_top.tolist())
+    ev.probs["audio"] = onehotish(true.tolist(), sure=0.6)
+    ev.probs["video"] = onehotish(video_top.tolist(), sure=0.995)
+    ev.probs["video"][0] = [0.6, 0.2, 0.2]
+    ev.probs["mmt"] = onehotish(true.tolist(), sure=0.7)
+    assert A.suspicious(ev)[0]["index"] == 0
+    monkeypatch.setattr(A, "MIN_CALIBRATION_CLIPS", 10**6)
+    assert A.suspicious(ev)[0]["index"] != 0
+
+
 def test_neighbours_by_sense_and_across():
     e = np.eye(4, dtype=np.float32)
     embeds = {"audio": e, "video": e[[1, 0, 3, 2]], "fused": e, "audio_proj": e,
