@@ -1,7 +1,7 @@
 """How long the Teach tab takes: 5 classes x 6 clips of 3-5 s, train with the default settings.
 
     python benchmarks/bench_teach.py [--classes 5] [--clips 6] [--threads 2] [--epochs N]
-    python benchmarks/bench_teach.py --real SET/manifest.csv [--others OTHER/manifest.csv]
+    python benchmarks/bench_teach.py --real SET/manifest.csv [--others OTHER/manifest.csv] [--keep DIR]
 
 Writes the clips with the built-in generator (5 of its classes; clip lengths cycle through 3, 3.5,
 4, 4.5 and 5 s) into a temp dir, then runs exactly what the Teach tab runs (workbench.teach.TeachJob:
@@ -106,6 +106,8 @@ def main() -> None:
     p.add_argument("--checkpoints", default="checkpoints")
     p.add_argument("--real", default="", help="a manifest with train/test splits to teach")
     p.add_argument("--others", default="", help="a manifest of clips of other classes")
+    p.add_argument("--keep", default="", help="copy the taught set to this folder (to open it "
+                   "with `python app.py --models DIR` or inspect its pool)")
     a = p.parse_args()
     import torch
 
@@ -131,6 +133,10 @@ def main() -> None:
         snap = job.snapshot()
         if snap["status"] != "done":
             raise SystemExit(f"training {snap['status']}: {snap['error']}")
+        if a.keep:
+            import shutil
+
+            shutil.copytree(tmp / "job" / "taught", a.keep, dirs_exist_ok=True)
         held = score_held_out(tmp / "job" / "taught", Path(a.real), Path(a.others) if a.others
                               else None, tmp) if a.real else {}
     r = snap["result"]

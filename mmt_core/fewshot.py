@@ -20,10 +20,13 @@ network's own logits are pooled log-linearly (a weighted product of experts),
 
     log p(c | clip) = sum_k w_k log p_k(c | clip) + const,
 
-each weight the expert's skill over chance on clips it has not seen, w = (top-1 - 1/C) /
-(1 - 1/C), and 0 unless that top-1 beats chance (binomial test): out of fold over the training
-and validation clips for the probes (they are cheap to refit), the validation split for the
-network (which has seen the training clips). An expert's confidence is left as it is. Weights
+each weight the square root of the expert's skill over chance on clips it has not seen,
+w = sqrt((top-1 - 1/C) / (1 - 1/C)), and 0 unless that top-1 beats chance (binomial test): out
+of fold over the training and validation clips for the probes (they are cheap to refit), the
+validation split for the network (which has seen the training clips). The square root narrows
+the gap between the experts' weights: out of fold on clips cut from the same recordings, the
+expert that learns a recording's fingerprint (the sound's long-term spectrum) looks better than
+it is on the recordings' later parts. An expert's confidence is left as it is. Weights
 fitted to each expert's out-of-sample log-likelihood (temperatures) were tried first: they
 squashed useful but overconfident probes (a colour probe right on 48 % of held-out clips got
 w = 0.05), and equal votes let a weak picture probe outvote the sound where the picture cannot
@@ -136,15 +139,16 @@ def out_of_fold(x: torch.Tensor, y: torch.Tensor, classes: int, folds: int = FOL
 
 
 def expert_weight(logp: torch.Tensor, y: torch.Tensor, classes: int) -> float:
-    """An expert's vote from its out-of-sample predictions: its skill over chance,
-    (top-1 - 1/C) / (1 - 1/C) (Cohen's kappa for a uniform guess), when that top-1 beats chance
-    (one-sided binomial test at SIGNIFICANCE), else 0. Its confidence is left as it is."""
+    """An expert's vote from its out-of-sample predictions: the square root of its skill over
+    chance, kappa = (top-1 - 1/C) / (1 - 1/C) (Cohen's kappa for a uniform guess), when that
+    top-1 beats chance (one-sided binomial test at SIGNIFICANCE), else 0. Its confidence is left
+    as it is."""
     from scipy.stats import binom
 
     n, hits = len(y), int((logp.argmax(1) == y).sum())
     if not n or binom.sf(hits - 1, n, 1.0 / classes) >= SIGNIFICANCE:
         return 0.0
-    return round((hits / n - 1.0 / classes) / (1.0 - 1.0 / classes), 4)
+    return round(((hits / n - 1.0 / classes) / (1.0 - 1.0 / classes)) ** 0.5, 4)
 
 
 # ------------------------------------------------------------------------------ the pool

@@ -5,15 +5,12 @@ browser's fake devices playing a built-in clip) becomes a clip of a class. Scree
 artifacts/."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from conftest import make_media
 from test_app_teach import TAUGHT, teach_clips
 from test_ood import noise_clip
-from wb_helpers import (CHROMIUM, ROOT, VIEWPORT, artifact, browser_marks, launch_chromium,
-                        serve_app)
+from wb_helpers import ROOT, VIEWPORT, artifact, browser_marks, launch_chromium, serve_app
 
 pytestmark = browser_marks()
 
@@ -91,85 +88,29 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
     assert (art / "workbench_teach.png").stat().st_size > 20_000
 
 
-def fake_devices(clip: Path, out: Path) -> tuple[Path, Path]:
-    """A clip as chromium's fake camera (.y4m) and microphone (.wav) files."""
-    import av
-    import numpy as np
-
-    cam, mic = out / "camera.y4m", out / "microphone.wav"
-    with av.open(str(clip)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    with av.open(str(clip)) as c:
-        rate = c.streams.audio[0].rate
-        wav = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
-    with av.open(str(cam), "w", format="yuv4mpegpipe") as c:
-        s = c.add_stream("rawvideo", rate=25)
-        s.height, s.width = frames[0].shape[:2]
-        s.pix_fmt = "yuv420p"
-        for fr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-    with av.open(str(mic), "w", format="wav") as c:
-        s = c.add_stream("pcm_s16le", rate=rate, layout="mono")
-        pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)[None]
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = rate
-        for p in [*s.encode(frame), *s.encode(None)]:
-            c.mux(p)
-    return cam, mic
-
-
 def test_a_webcam_recording_becomes_a_clip_of_the_class(app, tmp_path):
-    import re
+    """benchmarks/bench_teach_webcam.py's `record`: chromium's fake camera and microphone play
+    a built-in clip; the Teach tab records it and adds it to a class."""
+    import importlib.util
 
     import av
     import numpy as np
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     from mmt_core.data import media
 
+    spec = importlib.util.spec_from_file_location(
+        "bench_teach_webcam", ROOT / "benchmarks" / "bench_teach_webcam.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     source = teach_clips(tmp_path, per_class=1)[0][0]
-    cam, mic = fake_devices(source, tmp_path)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                  f"--use-file-for-fake-video-capture={cam}",
-                  f"--use-file-for-fake-audio-capture={mic}"])
-        try:
-            page = browser.new_context(permissions=["camera", "microphone"]).new_page()
-            page.goto(app.url)
-            page.get_by_role("tab", name="Teach").click()
-            page.locator("#teach-class").get_by_role("textbox").fill("webcam_knock")
-            page.get_by_text("…or record with the webcam and microphone").click()
-            webcam = page.locator("#teach-webcam")
-            webcam.get_by_text("Click to Access Webcam").click()
-            record = webcam.locator("button.capture-button")  # Record, then Stop
-            record.click()
-            expect(record).to_contain_text("Stop", timeout=30_000)
-            page.wait_for_timeout(4000)
-            record.click()
-            # the browser uploads the recording, then plays it back
-            expect(webcam.locator("video[data-testid$='-player']")).to_have_attribute(
-                "src", re.compile(r"\.webm$"), timeout=60_000)
-            page.get_by_role("button", name="Add the recording to this class").click()
-            expect(page.locator("#teach-table")).to_contain_text("webcam_knock", timeout=60_000)
-            page.screenshot(path=str(artifact("workbench_webcam.png")), full_page=True)
-            # read while the page is open: a closed page's session and its clips are deleted
-            stored = list((app.cache_dir / "teach" / "sessions").glob("*/webcam_knock/*.webm"))
-            assert len(stored) == 1
-            kept = tmp_path / f"recording{stored[0].suffix}"
-            kept.write_bytes(stored[0].read_bytes())
-            stored = [kept]
-        finally:
-            browser.close()
-    assert len(stored) == 1
-    with av.open(str(stored[0])) as c:  # MediaRecorder's webm: no duration in the header
+        kept = bench.record(p, app.url, source, "webcam_knock", app.cache_dir,
+                            tmp_path / "recording.webm", tmp_path / "devices", seconds=4.0,
+                            screenshot=artifact("workbench_webcam.png"))
+    with av.open(str(kept)) as c:  # MediaRecorder's webm: no duration in the header
         assert c.duration is None and {s.type for s in c.streams} == {"video", "audio"}
-    clip = media.decode(stored[0], num_frames=8, clip_seconds=3.2)
+    clip = media.decode(kept, num_frames=8, clip_seconds=3.2)
     assert 3.0 < clip.duration < 8.0 and clip.has_audio
     assert np.abs(clip.audio).max() > 0.05  # the microphone's sound, not silence
     # the camera's picture: the built-in clip's frames (same size, close colours)

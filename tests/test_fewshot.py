@@ -73,15 +73,15 @@ def test_probe_learns_separable_classes_and_out_of_fold_scores_held_out_rows():
     assert (fewshot.out_of_fold(noise, y, 3).argmax(1) == y).float().mean() < 0.7
 
 
-def test_weights_are_skill_over_chance_and_zero_at_chance():
+def test_weights_are_root_skill_over_chance_and_zero_at_chance():
     y = torch.arange(4).repeat(10)  # 40 clips, 4 classes
     right = torch.nn.functional.one_hot(y, 4).float() * 6  # confident and right
     wrong = torch.nn.functional.one_hot((y + 1) % 4, 4).float() * 6  # confident and wrong
     assert fewshot.expert_weight(right.log_softmax(-1), y, 4) == 1.0
     assert fewshot.expert_weight(wrong.log_softmax(-1), y, 4) == 0.0
     half = torch.where((torch.arange(40) % 2 == 0)[:, None], right, wrong)  # 50 % right
-    assert fewshot.expert_weight(half.log_softmax(-1), y, 4) == pytest.approx((0.5 - 0.25) / 0.75,
-                                                                       abs=1e-4)
+    assert fewshot.expert_weight(half.log_softmax(-1), y, 4) == pytest.approx(
+        ((0.5 - 0.25) / 0.75) ** 0.5, abs=1e-4)  # the square root of the skill over chance
     few = torch.where((torch.arange(40) < 12)[:, None], right, wrong)  # 30 %: not above chance
     assert fewshot.expert_weight(few.log_softmax(-1), y, 4) == 0.0
 
