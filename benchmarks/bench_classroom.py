@@ -227,6 +227,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_app(url: str, proc, log: Path) -> None:
+    """Until the launched app's page answers; exits with the log's tail if the app died."""
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"app exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", type=int, default=12)
@@ -251,15 +264,7 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"app exited: {(work / 'app.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_app(url, proc, work / "app.log")
         page_s = time.time() - t_start
         from gradio_client import Client, handle_file
 

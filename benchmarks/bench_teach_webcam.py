@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +113,7 @@ def record(playwright, url: str, clip: Path, label: str, cache: Path, out: Path,
 def webcam_clips(manifest: Path, root: Path, work: Path) -> Path:
     """Webcam recordings of every clip of the manifest, in root/SPLIT/CLASS/, and their
     manifest (path,label,split), which is returned."""
+    from bench_classroom import free_port, wait_for_app
     from playwright.sync_api import sync_playwright
 
     from mmt_core.data.manifests import read_manifest
@@ -121,7 +121,7 @@ def webcam_clips(manifest: Path, root: Path, work: Path) -> Path:
     man = read_manifest(manifest)
     names = man.classes["label"]
     cache = work / "cache"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_ANALYTICS_ENABLED": "False", "MMT_CACHE_DIR": str(cache),
@@ -130,7 +130,7 @@ def webcam_clips(manifest: Path, root: Path, work: Path) -> Path:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
-        _wait(url, proc, work / "app.log")
+        wait_for_app(url, proc, work / "app.log")
         rows = []
         with sync_playwright() as p:
             for i, r in enumerate(man.records):
@@ -145,28 +145,6 @@ def webcam_clips(manifest: Path, root: Path, work: Path) -> Path:
         proc.wait(20)
     (root / "manifest.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     return root / "manifest.csv"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc, log: Path, timeout: float = 180.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"app exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"app not up after {timeout:.0f} s")
 
 
 def main() -> None:
