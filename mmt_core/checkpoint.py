@@ -169,20 +169,23 @@ def load_weights_into(model: torch.nn.Module, dir: str | Path) -> None:
                               f"({detail[1] if len(detail) > 1 else detail[0]})") from None
 
 
-def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model from config.json and load model.safetensors. Returns (model, meta)."""
+def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu", pool: bool = True):
+    """Rebuild the model from config.json and load model.safetensors. Returns (model, meta).
+    pool: attach the checkpoint's few-clip pool (mmt_core.fewshot), if it has one; False for
+    callers that want the network alone (weights to copy, embeddings, fitting a new pool)."""
     meta = read_meta(dir)
     try:
         model = build_model_from_meta(meta)
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{dir}: cannot rebuild model '{meta.get('model')}' ({e})") from None
     load_weights_into(model, dir)
-    from .fewshot import attach, load_pool
+    if pool:
+        from .fewshot import attach, load_pool
 
-    try:
-        attach(model, load_pool(dir))  # a few-clip checkpoint's pooled predictions (eval only)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+        try:
+            attach(model, load_pool(dir))  # a few-clip checkpoint's pooled predictions (eval only)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     return model.to(device), meta
 
 
@@ -288,8 +291,8 @@ def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = N
                 filecmp.cmp(src / WEIGHTS, dst / WEIGHTS, shallow=False):
             # Re-exporting the same weights (new metrics): files computed from them, such as
             # the OOD reference, stay valid and are kept; new weights drop them.
-            for f in dst.iterdir():
-                if f.is_file() and f.name not in (WEIGHTS, CONFIG):
+            for f in dst.iterdir():  # what src brought (weights, config, pool) wins
+                if f.is_file() and not (tmp / f.name).exists():
                     shutil.copyfile(f, tmp / f.name)
         for f in tmp.iterdir():
             _fsync_file(f)

@@ -172,7 +172,7 @@ def _init_weights(model, cfg: ExperimentConfig, classes: dict[str, list[str]]) -
     own = model.state_dict()
     loaded, unimodal_heads = 0, {}
     for path in (p.strip() for p in cfg.train.init.split(",") if p.strip()):
-        src, meta = ckpt.load_checkpoint(path)
+        src, meta = ckpt.load_checkpoint(path, pool=False)  # weights only
         same_classes = meta["classes"] == classes
         src_state = _fit_rel_pos(src.state_dict(), own)
         state = {k: v for k, v in src_state.items()

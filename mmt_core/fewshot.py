@@ -165,8 +165,9 @@ class Pool:
         out = self.weights["net"] * net_logits.float().log_softmax(-1)
         voting = {s: inputs.get(s) for s in self.probes if self.weights.get(s, 0.0) > 0}
         for sense, x in descriptors(voting, self.video_norm).items():  # only the senses that vote
+            # the probes stay on the CPU (the pool is not a module: model.to() leaves it)
             out = out + self.weights[sense] * probe_logits(
-                self.probes[sense], x.to(out.device)).log_softmax(-1)
+                self.probes[sense], x.float().cpu()).log_softmax(-1).to(out.device)
         return out.log_softmax(-1)
 
     def hook(self, module, args, kwargs, output):
@@ -239,6 +240,5 @@ def load_pool(checkpoint_dir) -> Pool | None:
 def attach(model, pool: Pool | None):
     """Pool `model`'s eval-mode "label" logits (a no-op for None); returns the model."""
     if pool is not None:
-        model._fewshot_pool = pool
         model.register_forward_hook(pool.hook, with_kwargs=True)
     return model

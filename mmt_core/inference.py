@@ -19,14 +19,17 @@ from . import checkpoint as ckpt
 # Re-exported: callers import mmt_core.inference.prepare_clip / clip_inputs.
 from .clip_input import clip_inputs, prepare_clip  # noqa: F401
 
-_CACHE: dict[tuple, tuple] = {}  # (resolved dir, weights mtime) -> (model, meta)
+_CACHE: dict[tuple, tuple] = {}  # (resolved dir, weights and pool mtimes) -> (model, meta)
 
 
 def load_for_inference(dir) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode on CPU, meta); cached by path, reloaded when the weights change."""
+    """(model in eval mode on CPU, meta); cached by path, reloaded when the weights or the
+    few-clip pool change."""
+    from .fewshot import POOL_FILE
+
     path = Path(dir).resolve()
-    weights = path / ckpt.WEIGHTS
-    key = (str(path), weights.stat().st_mtime_ns if weights.is_file() else 0)
+    key = (str(path), *(f.stat().st_mtime_ns if f.is_file() else 0
+                        for f in (path / ckpt.WEIGHTS, path / POOL_FILE)))
     if key not in _CACHE:
         model, meta = ckpt.load_checkpoint(path, "cpu")
         _CACHE.clear()  # one checkpoint set in memory at a time is plenty for the app's three

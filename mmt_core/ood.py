@@ -352,7 +352,7 @@ def build(checkpoint_dir: str | Path, paths, *, source: str = "", k: int = K,
     if model is None:
         from .checkpoint import load_checkpoint
 
-        model, meta = load_checkpoint(checkpoint_dir, "cpu")
+        model, meta = load_checkpoint(checkpoint_dir, "cpu", pool=False)  # embeddings only
     feats = features_of_clips(model.eval(), meta, paths)
     if not feats:
         raise ValueError("none of the reference clips could be decoded")

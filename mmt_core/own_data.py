@@ -305,8 +305,7 @@ def fit_run_pool(cfg: ExperimentConfig, checkpoint, progress: bool = True) -> di
     from .data.dataset import AVDataset
     from .data.manifests import read_manifest
 
-    (Path(checkpoint) / fewshot.POOL_FILE).unlink(missing_ok=True)  # fit on the network alone
-    model, meta = ckpt.load_checkpoint(checkpoint, "cpu")
+    model, meta = ckpt.load_checkpoint(checkpoint, "cpu", pool=False)  # fit on the network alone
     records = read_manifest(cfg.data.manifest, format="plain").records
 
     def part(split):

@@ -140,3 +140,15 @@ def test_reexport_keeps_derived_files_only_for_the_same_weights(tmp_path):
     src2 = ckpt.write_checkpoint_dir(tmp_path / "src2", model, meta, {"step": 4})
     dst = ckpt.export_checkpoint(src2, dst)  # new weights: the old reference no longer applies
     assert not (dst / "ood.safetensors").exists()
+
+
+def test_reexport_takes_the_sources_refitted_pool(tmp_path):
+    from mmt_core.fewshot import POOL_FILE
+
+    model, meta = _model_meta(tmp_path)
+    src = ckpt.write_checkpoint_dir(tmp_path / "src", model, meta, {"step": 3})
+    (src / POOL_FILE).write_bytes(b"first pool")
+    dst = ckpt.export_checkpoint(src, tmp_path / "out")
+    (src / POOL_FILE).write_bytes(b"refitted pool")  # same weights, a new pool
+    dst = ckpt.export_checkpoint(src, dst)
+    assert (dst / POOL_FILE).read_bytes() == b"refitted pool"

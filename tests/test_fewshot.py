@@ -131,6 +131,22 @@ def test_an_unreadable_pool_is_a_checkpoint_error(tmp_path):
     (tmp_path / "mat_tiny" / fewshot.POOL_FILE).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="fewshot.safetensors is unreadable"):
         load_checkpoint(tmp_path / "mat_tiny")
+    load_checkpoint(tmp_path / "mat_tiny", pool=False)  # the network alone never reads it
+
+
+def test_a_pool_fitted_later_reaches_a_running_process(tmp_path):
+    """load_for_inference's cache is keyed by the weights and the pool: a pool saved beside
+    cached weights (fit_run_pool after training) is used by the next prediction."""
+    from mmt_core.inference import load_for_inference
+    from wb_helpers import make_checkpoint
+
+    d = make_checkpoint(tmp_path, "mat_tiny")
+    model, _ = load_for_inference(d)
+    assert not model._forward_hooks
+    probes = {"audio": fewshot.fit_probe(torch.randn(12, 16), torch.arange(6).repeat(2), 6)}
+    fewshot.save_pool(d, fewshot.Pool(probes, {"net": 1.0, "audio": 1.0}, (MEAN, STD)))
+    again, _ = load_for_inference(d)
+    assert again is not model and again._forward_hooks
 
 
 # ---------------------------------------------------------------- group-aware validation
