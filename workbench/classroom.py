@@ -22,8 +22,11 @@ from typing import Callable
 
 from mmt_core.errors import UserError
 
+from .teach import safe_name
 
-def _env_int(name: str, default: int) -> int:
+
+def env_int(name: str, default: int) -> int:
+    """An integer setting from the environment (default when unset or not a number)."""
     try:
         return int(os.environ.get(name, "") or default)
     except ValueError:
@@ -34,7 +37,7 @@ def train_slots() -> int:
     """MMT_TRAIN_SLOTS, else 1 on a machine with at most 4 cores (a run uses every core it can
     get; two at once on 2 cores each take twice as long and the page slows for everyone), else
     one per 4 cores."""
-    return max(1, _env_int("MMT_TRAIN_SLOTS", max(1, (os.cpu_count() or 1) // 4)))
+    return max(1, env_int("MMT_TRAIN_SLOTS", max(1, (os.cpu_count() or 1) // 4)))
 
 
 # A taught run's length before any run has finished on this server: benchmarks/bench_teach.py's
@@ -65,9 +68,7 @@ class Sessions:
 
     @staticmethod
     def safe_id(session: str | None) -> str:
-        import re
-
-        return re.sub(r"[^A-Za-z0-9_-]", "", str(session or "local"))[:64] or "local"
+        return safe_name(session, "local")
 
     def get(self, session: str | None) -> Session:
         sid = self.safe_id(session)
@@ -139,16 +140,11 @@ class TrainQueue:
     def stop(self, session_id: str) -> str:
         """Stop this session's run: a queued one leaves the queue at once, a running one stops
         after its current step. Returns what happened, in words."""
-        with self._lock:
-            t = self.ticket_of(session_id, locked=True)
-            if t is None:
-                return "Nothing of yours is training or waiting."
-            if t.status == "queued":
-                self._waiting.remove(t)
-                t.status = "stopped"
-                t.done.set()
-                return "Removed your run from the queue."
-        t.job.stop()
+        t = self.drop(session_id)
+        if t is None:
+            return "Nothing of yours is training or waiting."
+        if t.job is None and t.status == "stopped":  # it never started
+            return "Removed your run from the queue."
         return "Stopping after the current step…"
 
     def ticket_of(self, session_id: str, *, locked: bool = False) -> Ticket | None:

@@ -92,6 +92,12 @@ def clip_refs(paths) -> dict[str, str]:
     return {p: os.path.relpath(os.path.abspath(p), root) for p in paths}
 
 
+def two_way_refs(paths) -> tuple[dict[str, str], dict[str, str]]:
+    """(`clip_refs(paths)`: path → shown name, and its inverse: shown name → path)."""
+    names = clip_refs(paths)
+    return names, {name: path for path, name in names.items()}
+
+
 def _env_list(name: str) -> list[str]:
     """An os.pathsep-separated list in an environment variable (app.py writes them)."""
     return [v for v in os.environ.get(name, "").split(os.pathsep) if v]
@@ -191,8 +197,8 @@ class Workbench:
         self._timelines: OrderedDict = OrderedDict()  # (key, sha256, stride) -> timeline
         self._datasets: dict[str, object] = {}  # key -> analysis.Evaluation of its data
         self._dataset_hashes: dict[str, dict] = {}  # key -> {sha256 of a clip: index}
-        self._dataset_path_sets: dict[str, dict] = {}  # key -> {shown name: dataset clip}
-        self._reference_refs: dict[str, dict] = {}  # key -> {shown name: reference clip}
+        self._dataset_path_sets: dict[str, tuple] = {}  # key -> two_way_refs of dataset clips
+        self._reference_refs: dict[str, tuple] = {}  # key -> two_way_refs of reference clips
         self._sidecars: dict[str, dict] = {}  # key -> {sha256 of an example: sidecar}
         self.clips = teaching.ClipStore(self.teach_dir / "sessions")
         self.trainq = classroom.TrainQueue(classroom.train_slots(), self._launch, self._ended)
@@ -222,12 +228,16 @@ class Workbench:
         if s is None or s.id == "local":
             return
         ticket = self.trainq.drop(s.id)
+        self._delete_session_files(s, runs=ticket is None or ticket.done.is_set())
+
+    def _delete_session_files(self, s: classroom.Session, runs: bool) -> None:
+        """A left session's clips, taught set and downloads, and with `runs` its runs' folders
+        (not while a run still writes there)."""
         self.clips.clear(s.id)
         self._forget_root(s.taught_dir)
-        for d in (s.taught_dir, self.downloads(s.id)):
+        for d in (s.taught_dir, self.downloads(s.id), *([self.teach_dir / "jobs" / s.id] if runs
+                                                        else [])):
             shutil.rmtree(d, ignore_errors=True)
-        if ticket is None or ticket.done.is_set():
-            shutil.rmtree(self.teach_dir / "jobs" / s.id, ignore_errors=True)
 
     def sweep(self, every_s: float = 60.0) -> list[str]:
         """End the sessions idle for longer than session_ttl_s (checked at most every
@@ -879,7 +889,7 @@ class Workbench:
         # a set without a unimodal model shows the MMT's own space of that sense instead
         panels = [(r if r in results else "mmt", space) for r, space in panels]
         figures = []
-        shown = {path: ref for ref, path in self.reference_refs().items()}
+        shown = self._reference_two_way()[0]
         for role, space in panels:
             ex, r = self.explorer(role), results[role]
             point = None
@@ -970,13 +980,13 @@ class Workbench:
     def dataset_ref(self, path) -> str:
         """The name the page shows for a clip of the analysed dataset (never a server path):
         its path under the clips' common folder."""
-        return {v: k for k, v in self._dataset_paths().items()}[str(path)]
+        return self._dataset_two_way()[0][str(path)]
 
     def _dataset_clip_path(self, ref) -> str:
         """The dataset clip a page name (or, from Python, its path) stands for; nothing else."""
-        paths = self._dataset_paths()
+        names, paths = self._dataset_two_way()
         path = paths.get(str(ref or ""))
-        if path is None and str(ref) in paths.values():
+        if path is None and str(ref) in names:
             path = str(ref)
         if path is None:
             raise UserError(f"not a clip of the analysed dataset: {Path(str(ref)).name}")
@@ -987,15 +997,15 @@ class Workbench:
         (a folder the page may serve), named by its content."""
         return self._served_copy(self._dataset_clip_path(ref))
 
-    def reference_refs(self) -> dict[str, str]:
-        """{name the page shows: path} of the reference clips (the Embeddings maps' points)."""
-        return self._once(self._reference_refs, self.key, lambda: {
-            v: k for k, v in clip_refs([r.path for r in self.reference_records()]).items()})
+    def _reference_two_way(self) -> tuple[dict[str, str], dict[str, str]]:
+        """`two_way_refs` of the reference clips (the Embeddings maps' points)."""
+        return self._once(self._reference_refs, self.key, lambda: two_way_refs(
+            [r.path for r in self.reference_records()]))
 
     def reference_clip(self, ref) -> Path:
         """A reference clip of the Embeddings map (a clicked point, by the name its point
         carries), copied like dataset_clip."""
-        path = self.reference_refs().get(str(ref or ""))
+        path = self._reference_two_way()[1].get(str(ref or ""))
         if path is None:
             raise UserError(f"not a reference clip of the {self.active} models: {ref}")
         return self._served_copy(path)
@@ -1037,11 +1047,10 @@ class Workbench:
             os.replace(tmp, out)
         return out
 
-    def _dataset_paths(self) -> dict[str, str]:
-        """{name the page shows (`clip_refs`): path} of the analysed dataset's clips."""
+    def _dataset_two_way(self) -> tuple[dict[str, str], dict[str, str]]:
+        """`two_way_refs` of the analysed dataset's clips."""
         ev = self.dataset()
-        return self._once(self._dataset_path_sets, self.key, lambda: {
-            v: k for k, v in clip_refs(ev.paths).items()})
+        return self._once(self._dataset_path_sets, self.key, lambda: two_way_refs(ev.paths))
 
     def dataset_neighbours(self, path, kind: str = "fused", k: int = 8) -> list[dict]:
         """The k clips of the dataset nearest a clip (one of the dataset, found by content,
@@ -1127,11 +1136,8 @@ class Workbench:
 
     def _ended(self, ticket: classroom.Ticket) -> None:
         """A run ended (the queue's watcher): a left session's files go now."""
-        s = ticket.session
-        if s.ended:
-            shutil.rmtree(self.teach_dir / "jobs" / s.id, ignore_errors=True)
-            shutil.rmtree(s.taught_dir, ignore_errors=True)
-            self.clips.clear(s.id)
+        if ticket.session.ended:
+            self._delete_session_files(ticket.session, runs=True)
 
     def teach_summary(self) -> dict | None:
         path = self.taught_dir / "summary.json"

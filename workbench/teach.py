@@ -59,6 +59,11 @@ def teach_epochs() -> int:
     return int(v) if v else EPOCHS
 
 
+def safe_name(text: str | None, default: str) -> str:
+    """`text` as a folder name: letters, digits, _ and - only, at most 64 (default if empty)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "", str(text or default))[:64] or default
+
+
 class ClipStore:
     """Per-session folders of class folders: ROOT/SESSION/CLASS/clip.mp4."""
 
@@ -66,8 +71,7 @@ class ClipStore:
         self.root = Path(root)
 
     def folder(self, session: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_-]", "", str(session or "anonymous"))[:64] or "anonymous"
-        return self.root / safe
+        return self.root / safe_name(session, "anonymous")
 
     def counts(self, session: str) -> dict[str, int]:
         d = self.folder(session)

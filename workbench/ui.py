@@ -9,7 +9,6 @@ video, corrupt, too long, too large) become a gr.Error toast and the app keeps s
 from __future__ import annotations
 
 import functools
-import os
 import traceback
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import numpy as np
 from mmt_core.errors import UserError
 from mmt_core.explain import CAM_BLOCKS, cam_blocks, list_explainers
 
+from .classroom import env_int
 from .service import ROLE_TITLES, get_workbench
 
 TOP = "(top prediction)"
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
 
 
 # Concurrency groups of the queue: at most LIMITS[group] events of a group run at once, the
@@ -39,7 +32,7 @@ def _env_int(name: str, default: int) -> int:
 # callers only wait (workbench.classroom's queue decides who trains); the light page events
 # (page load, switching sets, adding clips, the Teach timer) four at a time.
 # MMT_LIMIT_<GROUP> (e.g. MMT_LIMIT_PREDICT=3) changes one.
-LIMITS = {g: _env_int(f"MMT_LIMIT_{g.upper()}", n) for g, n in
+LIMITS = {g: env_int(f"MMT_LIMIT_{g.upper()}", n) for g, n in
           {"predict": 2, "explain": 1, "embed": 1, "timeline": 1, "dataset": 1, "teach": 8,
            "light": 4}.items()}
 GROUP_OF = {"predict": "predict", "explain": "explain", "explain_if_clip": "explain",
@@ -716,8 +709,7 @@ def wire_teach(c: dict, models: gr.Radio, target, models_md) -> None:
     # /teach waits in the training queue (workbench.classroom), not in gradio's: many callers
     # may wait at once, each holding a worker thread that sleeps
     c["api_btn"].click(teach_api, [c["api_files"], c["api_names"]], c["api_out"],
-                       api_name="teach", concurrency_limit=LIMITS["teach"],
-                       concurrency_id="teach")
+                       api_name="teach")  # its group and limit: set_limits
 
 
 def timeline_panel():
@@ -1024,7 +1016,7 @@ def build_demo() -> gr.Blocks:
     """The page. Nothing heavy happens here: models load on the first request or warm-up."""
     # gradio's own copies (uploads, webcam recordings, results) older than MMT_APP_CACHE_AGE_S
     # are deleted every 10 min, so a class's clips do not pile up between restarts
-    age = _env_int("MMT_APP_CACHE_AGE_S", 2 * 3600)
+    age = env_int("MMT_APP_CACHE_AGE_S", 2 * 3600)
     with gr.Blocks(title="MMT Workbench", delete_cache=(600, age)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
