@@ -13,10 +13,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +21,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_clip(path: Path, seconds: float, seed: int, size=(640, 360), fps=25, rate=44100) -> Path:
@@ -81,38 +77,25 @@ def main() -> None:
                     help="leave the result images on the server (a browser fetches them in parallel)")
     args = ap.parse_args()
 
+    from app_server import AppServer
     from gradio_client import Client, handle_file
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
     clips = [make_clip(tmp / f"clip{i}.mp4", args.seconds, seed=i) for i in range(args.runs + 1)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "MMT_APP_WARMUP": args.method,
-           "PYTHONUNBUFFERED": "1"}
+    env = {"MMT_APP_WARMUP": args.method}
     for key, value in (("MMT_APP_THREADS", args.threads), ("MMT_CHECKPOINTS", args.checkpoints),
                        ("MMT_CACHE_DIR", args.cache_dir)):
         if value is not None:
             env[key] = str(value)
-    log = open(tmp / "app.log", "w")
     t_launch = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    server = AppServer(env, tmp / "app.log")
     try:
-        client = None
-        while client is None:
-            if proc.poll() is not None:
-                raise SystemExit(f"app exited: {(tmp / 'app.log').read_text()[-2000:]}")
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False,
-                                download_files=not args.no_download)
-            except Exception:
-                time.sleep(0.5)
+        server.wait(timeout=900)
+        client = Client(server.url, verbose=False, download_files=not args.no_download)
         page_up = time.perf_counter() - t_launch
-        while "workbench ready" not in (tmp / "app.log").read_text():
-            if proc.poll() is not None or time.perf_counter() - t_launch > 900:
-                raise SystemExit(f"warm-up failed: {(tmp / 'app.log').read_text()[-2000:]}")
+        while "workbench ready" not in server.output():
+            if server.proc.poll() is not None or time.perf_counter() - t_launch > 900:
+                raise SystemExit(f"warm-up failed: {server.output()[-2000:]}")
             time.sleep(0.5)
         ready = time.perf_counter() - t_launch
 
@@ -131,9 +114,7 @@ def main() -> None:
         first = once(clips[0])  # after warm-up, but the first request of this process
         runs = [once(c) for c in clips[1:]]
     finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+        server.stop()
     med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
     print(json.dumps({
         "clip": f"{args.seconds:g} s, 640x360, 25 fps, AAC", "projection": args.method,

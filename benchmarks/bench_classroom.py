@@ -21,16 +21,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_CLASSES = None  # filled from the first demo answer
 
 
 def student_clips(out: Path, student: int, count: int = 2) -> list[Path]:
@@ -129,7 +125,7 @@ def run_classroom(url: str, work: Path, *, students: int, rounds: int, teachers:
     def check(student, labels, expect: str):
         """expect "demo" or "taught": the answer's classes all come from that one set."""
         got = answer_classes(labels)
-        others = set().union(*(c for s, c in taught.items() if s != student)) if taught else set()
+        others = set().union(*(c for s, c in taught.items() if s != student))
         if got & others:
             violations.append(f"student {student} got another student's classes {got & others}")
         want = taught.get(student, set()) if expect == "taught" else demo
@@ -219,27 +215,6 @@ def wait_no_session_files(cache_dir: Path, timeout: float = 60.0) -> list[str]:
     return session_files(cache_dir)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_app(url: str, proc, log: Path) -> None:
-    """Until the launched app's page answers; exits with the log's tail if the app died."""
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"app exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", type=int, default=12)
@@ -253,18 +228,14 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_classroom_"))
     cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "MMT_CACHE_DIR": str(cache),
-           "MMT_TEACH_EPOCHS": args.epochs, "GRADIO_HEARTBEAT_INTERVAL": "2",
-           "PYTHONUNBUFFERED": "1"}
-    log = open(work / "app.log", "w")
+    from app_server import AppServer
+
     t_start = time.time()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    server = AppServer({"MMT_CACHE_DIR": str(cache), "MMT_TEACH_EPOCHS": args.epochs,
+                        "GRADIO_HEARTBEAT_INTERVAL": "2"}, work / "app.log")
+    url = server.url
     try:
-        wait_for_app(url, proc, work / "app.log")
+        server.wait(timeout=900)
         page_s = time.time() - t_start
         from gradio_client import Client, handle_file
 
@@ -282,12 +253,7 @@ def main() -> None:
         res["warmup_log"] = [ln for ln in (work / "app.log").read_text().splitlines()
                              if "workbench ready" in ln]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
     import torch
 
     res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),

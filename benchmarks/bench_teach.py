@@ -60,9 +60,30 @@ def real_clips(manifest: Path, root: Path) -> dict[str, int]:
     return {c.name: len(list(c.iterdir())) for c in sorted(root.iterdir())}
 
 
-def score_held_out(taught: Path, manifest: Path, others: Path | None, tmp: Path) -> dict:
+def teach(clips: Path, out: Path, checkpoints: Path, epochs: int) -> tuple[dict, float, float]:
+    """Train class folders `clips` exactly as the Teach tab does (workbench.teach.TeachJob; the
+    taught set lands in out/taught): (its final snapshot, wall seconds, this process's CPU
+    seconds). Exits with the error if training did not finish."""
+    import resource
+
+    from workbench.teach import TeachJob
+
+    t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    job = TeachJob.start(clips, out, checkpoints, epochs=epochs)
+    job.thread.join()
+    seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    snap = job.snapshot()
+    if snap["status"] != "done":
+        raise SystemExit(f"training {snap['status']}: {snap['error']}")
+    return snap, seconds, (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+
+
+def score_held_out(taught: Path, manifest: Path, others: Path | None, tmp: Path,
+                   foreign: bool = True) -> dict:
     """Each taught model on the manifest's 'test' clips, as `mmt predict` scores one clip:
-    top-1, and the share flagged "unlike the training data"; the same flag on other classes."""
+    top-1, and the share flagged "unlike the training data"; with `foreign`, the same flag on
+    a noise clip and on the other classes of `others`."""
     import subprocess
 
     from mmt_core.data.manifests import read_manifest
@@ -72,14 +93,18 @@ def score_held_out(taught: Path, manifest: Path, others: Path | None, tmp: Path)
     man = read_manifest(manifest)
     test = [r for r in man.records if r.split == "test"]
     names = man.classes["label"]
-    noise = tmp / "noise.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=160x160:d=3",
-                    "-f", "lavfi", "-i", "anoisesrc=d=3", "-shortest", str(noise)], check=True)
-    other = read_manifest(others) if others else None
-    foreign = [noise] + ([r.path for r in other.records
-                          if other.classes["label"][r.labels["label"]] not in names]
-                         if other else [])
-    out = {"held_out_clips": len(test), "other_class_clips": len(foreign) - 1}
+    clips = []  # foreign: a test pattern with white noise, then the other classes' clips
+    if foreign:
+        clips.append(tmp / "noise.mp4")
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        "testsrc2=s=160x160:d=3", "-f", "lavfi", "-i", "anoisesrc=d=3",
+                        "-shortest", str(clips[0])], check=True)
+        other = read_manifest(others) if others else None
+        clips += ([r.path for r in other.records
+                   if other.classes["label"][r.labels["label"]] not in names] if other else [])
+    out = {"held_out_clips": len(test)}
+    if foreign:
+        out["other_class_clips"] = len(clips) - 1
     for role, name in DEMO_MODELS.items():
         hits = flagged = 0
         for r in test:
@@ -87,12 +112,13 @@ def score_held_out(taught: Path, manifest: Path, others: Path | None, tmp: Path)
             hits += res["predictions"]["label"][0]["label"] == names[r.labels["label"]]
             flagged += bool(res["ood"] and res["ood"]["flagged"])
         f_flag = [bool((res := predict_file(p, taught / name, topk=1))["ood"]
-                       and res["ood"]["flagged"]) for p in foreign]
+                       and res["ood"]["flagged"]) for p in clips]
         out[f"held_out_top1_{role}"] = round(hits / len(test), 4)
         out[f"held_out_flagged_{role}"] = round(flagged / len(test), 4)
-        out[f"noise_flagged_{role}"] = f_flag[0]  # the test pattern with white noise
-        if len(foreign) > 1:  # clips of the other classes
-            out[f"other_classes_flagged_{role}"] = round(sum(f_flag[1:]) / (len(foreign) - 1), 4)
+        if f_flag:
+            out[f"noise_flagged_{role}"] = f_flag[0]  # the test pattern with white noise
+        if len(clips) > 1:  # clips of the other classes
+            out[f"other_classes_flagged_{role}"] = round(sum(f_flag[1:]) / (len(clips) - 1), 4)
     return out
 
 
@@ -112,9 +138,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    import resource
-
-    from workbench.teach import TeachJob, teach_epochs
+    from workbench.teach import teach_epochs
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_teach_") as tmp:
@@ -123,16 +147,8 @@ def main() -> None:
         counts = (real_clips(Path(a.real), tmp / "clips") if a.real
                   else make_clips(tmp / "clips", a.classes, a.clips))
         t_make = time.perf_counter() - t0
-        t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        job = TeachJob.start(tmp / "clips", tmp / "job", Path(a.checkpoints),
-                             epochs=a.epochs or teach_epochs())
-        job.thread.join()
-        seconds = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        snap = job.snapshot()
-        if snap["status"] != "done":
-            raise SystemExit(f"training {snap['status']}: {snap['error']}")
+        snap, seconds, cpu = teach(tmp / "clips", tmp / "job", Path(a.checkpoints),
+                                   a.epochs or teach_epochs())
         if a.keep:
             import shutil
 

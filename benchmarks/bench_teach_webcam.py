@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -113,7 +111,7 @@ def record(playwright, url: str, clip: Path, label: str, cache: Path, out: Path,
 def webcam_clips(manifest: Path, root: Path, work: Path) -> Path:
     """Webcam recordings of every clip of the manifest, in root/SPLIT/CLASS/, and their
     manifest (path,label,split), which is returned."""
-    from bench_classroom import free_port, wait_for_app
+    from app_server import AppServer
     from playwright.sync_api import sync_playwright
 
     from mmt_core.data.manifests import read_manifest
@@ -121,28 +119,20 @@ def webcam_clips(manifest: Path, root: Path, work: Path) -> Path:
     man = read_manifest(manifest)
     names = man.classes["label"]
     cache = work / "cache"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "MMT_CACHE_DIR": str(cache),
-           "MMT_APP_WARMUP": "none", "PYTHONUNBUFFERED": "1"}
-    with open(work / "app.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+    server = AppServer({"MMT_CACHE_DIR": str(cache), "MMT_APP_WARMUP": "none"}, work / "app.log")
     try:
-        wait_for_app(url, proc, work / "app.log")
+        server.wait()
         rows = []
         with sync_playwright() as p:
             for i, r in enumerate(man.records):
                 label = names[r.labels["label"]]
                 out = root / r.split / label / f"{Path(r.path).stem}.webm"
-                record(p, url, Path(r.path), label, cache, out, work / "devices")
+                record(p, server.url, Path(r.path), label, cache, out, work / "devices")
                 rows.append(f"{out},{label},{r.split}")
                 print(f"recorded {i + 1}/{len(man.records)}: {r.split}/{Path(r.path).name}",
                       file=sys.stderr)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        server.stop()
     (root / "manifest.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     return root / "manifest.csv"
 
@@ -157,8 +147,8 @@ def main() -> None:
     a = p.parse_args()
     import torch
 
-    from bench_teach import score_held_out
-    from workbench.teach import TeachJob, teach_epochs
+    from bench_teach import score_held_out, teach
+    from workbench.teach import teach_epochs
 
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory(prefix="bench_teach_webcam_") as tmp:
@@ -167,14 +157,8 @@ def main() -> None:
         recorded = webcam_clips(Path(a.real), tmp / "rec", tmp)
         t_record = time.perf_counter() - t0
         counts = {c.name: len(list(c.iterdir())) for c in (tmp / "rec" / "train").iterdir()}
-        t0 = time.perf_counter()
-        job = TeachJob.start(tmp / "rec" / "train", tmp / "job", Path(a.checkpoints),
-                             epochs=teach_epochs())
-        job.thread.join()
-        seconds = time.perf_counter() - t0
-        snap = job.snapshot()
-        if snap["status"] != "done":
-            raise SystemExit(f"training {snap['status']}: {snap['error']}")
+        snap, seconds, _ = teach(tmp / "rec" / "train", tmp / "job", Path(a.checkpoints),
+                                 teach_epochs())
         if a.keep:
             import shutil
 
@@ -184,8 +168,8 @@ def main() -> None:
         # would test the taught model: through the same camera and microphone)
         held = score_held_out(tmp / "job" / "taught", Path(a.real),
                               Path(a.others) if a.others else None, tmp)
-        cam = score_held_out(tmp / "job" / "taught", recorded, None, tmp)
-    cam = {f"webcam_{k}": v for k, v in cam.items() if k.startswith("held_out")}
+        cam = score_held_out(tmp / "job" / "taught", recorded, None, tmp, foreign=False)
+    cam = {f"webcam_{k}": v for k, v in cam.items()}
     print(json.dumps({**held, **cam, "path": "webcam (chromium fake devices, MediaRecorder webm)",
                       "classes": len(counts), "clips": sum(counts.values()),
                       "record_seconds": round(t_record, 1), "teach_seconds": round(seconds, 1),

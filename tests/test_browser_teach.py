@@ -10,7 +10,8 @@ import pytest
 from conftest import make_media
 from test_app_teach import TAUGHT, teach_clips
 from test_ood import noise_clip
-from wb_helpers import ROOT, VIEWPORT, artifact, browser_marks, launch_chromium, serve_app
+from wb_helpers import (VIEWPORT, artifact, browser_marks, launch_chromium, load_script,
+                        serve_app)
 
 pytestmark = browser_marks()
 
@@ -18,10 +19,8 @@ pytestmark = browser_marks()
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser_teach")
-    for server in serve_app(tmp, MMT_APP_REF_CLIPS="2", MMT_APP_WARMUP="none",
-                            MMT_TEACH_EPOCHS="1", MMT_APP_MAX_SECONDS="12"):
-        server.cache_dir = tmp / "cache"  # serve_app's MMT_CACHE_DIR
-        yield server
+    yield from serve_app(tmp, MMT_APP_REF_CLIPS="2", MMT_APP_WARMUP="none",
+                         MMT_TEACH_EPOCHS="1", MMT_APP_MAX_SECONDS="12")
 
 
 def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
@@ -30,8 +29,6 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
     pairs = teach_clips(tmp_path / "clips")
     long = make_media(tmp_path / "long_clip.mp4", seconds=10.0, size=(96, 72))
     noise = noise_clip(tmp_path / "noise.mp4")
-    art = ROOT / "artifacts"
-    art.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
@@ -53,13 +50,13 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             number = page.locator("#window-start input[type=number]")
             expect(number).not_to_have_value("0", timeout=120_000)
             assert float(number.input_value()) >= 4.0  # a window in the clip's second half
-            page.screenshot(path=str(art / "workbench_timeline.png"), full_page=True)
+            page.screenshot(path=str(artifact("workbench_timeline.png")), full_page=True)
             # A foreign clip: the note beside the prediction (a fresh page: an empty upload box).
             page.goto(app.url)
             page.locator("#clip input[type=file]").set_input_files(str(noise))
             expect(page.locator("#status")).to_contain_text("Unlike the training data",
                                                             timeout=180_000)
-            page.screenshot(path=str(art / "workbench_ood.png"), full_page=True)
+            page.screenshot(path=str(artifact("workbench_ood.png")), full_page=True)
             # Teach tab: two classes, uploaded several files at a time, then Train (a fresh
             # page: an empty upload box for the prediction after, in this same session).
             page.goto(app.url)
@@ -72,7 +69,7 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
             page.locator("#teach-train").click()
             expect(page.locator("#teach-result")).to_contain_text("Done", timeout=600_000)
             expect(page.locator("#teach-plot .js-plotly-plot")).to_be_attached(timeout=60_000)
-            page.screenshot(path=str(art / "workbench_teach.png"), full_page=True)
+            page.screenshot(path=str(artifact("workbench_teach.png")), full_page=True)
             # Predict now answers with the taught classes (this session's: a reload would be
             # a new session, with the demo models).
             page.get_by_role("tab", name="Predict").click()
@@ -81,28 +78,23 @@ def test_teach_two_classes_then_predict_timeline_and_ood(app, tmp_path):
                 for name in TAUGHT:
                     expect(page.locator(f"#pred-{role}")).to_contain_text(name, timeout=180_000)
             expect(page.locator("#models-md")).to_contain_text("taught", timeout=60_000)
-            page.screenshot(path=str(art / "workbench_taught_predict.png"), full_page=True)
+            page.screenshot(path=str(artifact("workbench_taught_predict.png")), full_page=True)
         finally:
             print("\n".join(console[-30:]))
             browser.close()
-    assert (art / "workbench_teach.png").stat().st_size > 20_000
+    assert artifact("workbench_teach.png").stat().st_size > 20_000
 
 
 def test_a_webcam_recording_becomes_a_clip_of_the_class(app, tmp_path):
     """benchmarks/bench_teach_webcam.py's `record`: chromium's fake camera and microphone play
     a built-in clip; the Teach tab records it and adds it to a class."""
-    import importlib.util
-
     import av
     import numpy as np
     from playwright.sync_api import sync_playwright
 
     from mmt_core.data import media
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_teach_webcam", ROOT / "benchmarks" / "bench_teach_webcam.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_teach_webcam.py")
     source = teach_clips(tmp_path, per_class=1)[0][0]
     with sync_playwright() as p:
         kept = bench.record(p, app.url, source, "webcam_knock", app.cache_dir,

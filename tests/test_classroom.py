@@ -126,20 +126,12 @@ def ckpts(tmp_path_factory):
 
 def taught_zip(tmp: Path, classes: list[str]) -> Path:
     """A taught-models zip of random demo-sized models that know `classes`."""
-    import torch
+    from test_model_set import save_tiny
+    from wb_helpers import DEMO
 
-    from mmt_core.checkpoint import make_meta, save_checkpoint
-    from mmt_core.config import load_config
-    from mmt_core.engine import build_model
-    from wb_helpers import DEMO, ROOT
-
-    folder = tmp / "taught_src"
-    for name, cfg_path in DEMO.items():
-        cfg = load_config(ROOT / cfg_path)
-        torch.manual_seed(0)
-        model = build_model(cfg, {"label": classes})
-        save_checkpoint(folder / name, model, make_meta(cfg, model, {"label": classes}))
-    return teach.zip_taught(folder, tmp / "taught.zip")
+    for name in DEMO:
+        save_tiny(tmp / "taught_src" / name, name, classes)
+    return teach.zip_taught(tmp / "taught_src", tmp / "taught.zip")
 
 
 def test_sessions_switch_and_restore_their_own_sets(ckpts, tmp_path):

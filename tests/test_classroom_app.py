@@ -4,33 +4,25 @@ no errors, every answer from one set, no taught class in another student's answe
 in one session changes no other, and nothing of any session is left once the clients close."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 pytest.importorskip("gradio_client")
 
-from wb_helpers import ROOT, serve_app  # noqa: E402
+from wb_helpers import load_script, serve_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_classroom",
-                                                  ROOT / "benchmarks" / "bench_classroom.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_classroom.py")
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("classroom")
-    for server in serve_app(tmp, MMT_APP_REF_CLIPS="2", MMT_APP_WARMUP="pca",
-                            MMT_TEACH_EPOCHS="1", MMT_APP_MAX_SECONDS="12",
-                            GRADIO_HEARTBEAT_INTERVAL="2"):  # a closed client is seen in 2 s
-        server.cache_dir = tmp / "cache"
-        yield server
+    yield from serve_app(tmp, MMT_APP_REF_CLIPS="2", MMT_APP_WARMUP="pca",
+                         MMT_TEACH_EPOCHS="1", MMT_APP_MAX_SECONDS="12",
+                         GRADIO_HEARTBEAT_INTERVAL="2")  # a closed client is seen in 2 s
 
 
 def test_a_class_of_four_with_two_teachers(app, tmp_path):

@@ -1,19 +1,14 @@
 """scripts/counterfactual.py: the shipped MMT on built-in clips with one object left out."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from wb_helpers import ROOT, one_torch_thread
+from wb_helpers import ROOT, load_script, one_torch_thread
 
 
 @pytest.fixture(scope="module")
 def cf():
-    spec = importlib.util.spec_from_file_location("counterfactual", ROOT / "scripts/counterfactual.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/counterfactual.py")
 
 
 def test_relation_names_the_distractor_that_must_be_told_apart(cf):

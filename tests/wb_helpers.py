@@ -1,14 +1,13 @@
 """Helpers of the workbench tests: throwaway checkpoints and a launched app on a free port."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from app_server import AppServer  # noqa: E402  (the benchmarks launch the app with it too)
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, for the browser tests
 DEMO = {"mmt_tiny": "configs/synthetic_mmt_tiny.yaml", "mat_tiny": "configs/synthetic_mat_tiny.yaml",
         "mvit_tiny_video": "configs/synthetic_video_tiny.yaml"}
@@ -46,55 +45,6 @@ def demo_checkpoints(tmp: Path) -> Path:
     return random_checkpoints(tmp)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppServer:
-    """`python app.py` in a subprocess on 127.0.0.1:PORT; stop() ends it (and only it)."""
-
-    def __init__(self, env: dict, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = open(log, "w")
-        full = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
-                "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
-                "PYTHONUNBUFFERED": "1", **env}
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout: float = 180.0) -> None:
-        """Until the page answers (the warm-up thread may still run)."""
-        import urllib.request
-
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.output()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"app not up after {timeout}s: {self.output()[-2000:]}")
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
 def one_torch_thread():
     """One torch thread: the suite shares 2 cores, and 2 threads each oversubscribe them."""
     from mmt_core.data.features import one_thread
@@ -107,6 +57,7 @@ def serve_app(tmp: Path, **env: str):
     env = {"MMT_CHECKPOINTS": str(demo_checkpoints(tmp / "ckpt")),
            "MMT_CACHE_DIR": str(tmp / "cache"), "MMT_APP_THREADS": "1", **env}
     server = AppServer(env, tmp / "app.log")
+    server.cache_dir = Path(env["MMT_CACHE_DIR"])
     try:
         server.wait()
         yield server
@@ -115,6 +66,16 @@ def serve_app(tmp: Path, **env: str):
 
 
 VIEWPORT = {"width": 1400, "height": 1000}  # every browser test's page size
+
+
+def load_script(relpath: str):
+    """A repo script (benchmarks/…, scripts/…) imported as a module, by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(relpath).stem, ROOT / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def artifact(name: str) -> Path:
