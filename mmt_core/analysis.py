@@ -348,33 +348,29 @@ def cell_clips(ev: Evaluation, role: str, true, pred) -> list[dict]:
 
 # ---------------------------------------------------------------- suspicious clips
 
-def _class_typical(lp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(typical (C,), own (n,)): typical[c] = mean log p(c) over the clips labelled c; own[i] =
-    the same for clip i's label with clip i left out (0 = log 1 for a class of one clip)."""
-    C = lp.shape[1]
-    sums = np.bincount(y, weights=lp[np.arange(len(y)), y], minlength=C)
-    counts = np.bincount(y, minlength=C).astype(np.float64)
-    typical = np.divide(sums, counts, out=np.zeros(C), where=counts > 0)
-    mine = lp[np.arange(len(y)), y]
-    rest = counts[y] - 1
-    own = np.divide(sums[y] - mine, rest, out=np.zeros(len(y)), where=rest > 0)
-    return typical, own
+def _usual_label_logp(lp_label: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n,) for clip i, the median of log p(label) over the other clips with clip i's label
+    (0 = log 1 where it is alone). The median, not the mean: with a few clips per class, one
+    other wrong label in the class would drag a mean down with it."""
+    usual = np.zeros(len(y))
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        for k, i in enumerate(idx):
+            if len(idx) > 1:
+                usual[i] = np.median(np.delete(lp_label[idx], k))
+    return usual
 
 
 def _evidence_against_label(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(n,) one model's evidence that clip i is not what its label says, measured against how
-    that model usually sees each class (confident learning's per-class thresholds, Northcutt et
-    al. 2021), so a class the model never gets right does not flood the ranking:
+    """(n,) one model's evidence that clip i is not what its label says: how much less likely
+    it finds the label than it usually finds that class on the clips labelled with it,
 
-        below = [own_label_typical − log p(label)]+        the label is less likely than usual
-        above = [max_{c ≠ label} log p(c) − typical[c]]+   another class is likelier than usual"""
-    lp = np.log(np.maximum(p, PROB_FLOOR))
-    typical, own = _class_typical(lp, y)
-    n = len(y)
-    below = np.maximum(own - lp[np.arange(n), y], 0.0)
-    other = lp - typical[None, :]
-    other[np.arange(n), y] = -np.inf
-    return below + np.maximum(other.max(1), 0.0)
+        [usual_label_logp − log p(label)]+
+
+    measured per class (confident learning's per-class thresholds, Northcutt et al. 2021), so a
+    class the model never gets right does not flood the ranking."""
+    lp = np.log(np.maximum(p[np.arange(len(y)), y], PROB_FLOOR))
+    return np.maximum(_usual_label_logp(lp, y) - lp, 0.0)
 
 
 def temperature(p: np.ndarray, y: np.ndarray) -> float:
@@ -405,31 +401,19 @@ def calibrated(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def suspicious_scores(ev: Evaluation) -> np.ndarray:
-    """(n,) how likely each clip's label is wrong, or its sound and picture disagree with the
-    label or with each other (docs/workbench.md, "Dataset analysis"). Each model's
-    probabilities are first recalibrated on the split (`calibrated`), so a model that is often
-    confidently wrong (a weak sense) counts for less:
+    """(n,) how likely each clip's label is wrong, or its sound or picture does not fit it
+    (docs/workbench.md, "Dataset analysis"). Each model's probabilities are first recalibrated
+    on the split (`calibrated`), so a model that is often confidently wrong (a weak sense)
+    counts for less:
 
-        score = Σ over the set's models m of evidence_m  +  conflict(audio-only, video-only)
+        score = Σ over the set's models m of evidence_m   (`_evidence_against_label`)
 
-    evidence_m (`_evidence_against_label`): how much less likely model m finds the label than it
-    finds that class on the other clips labelled with it, plus how much likelier it finds another
-    class than on that class's own clips; 0 for a clip that looks like its class usually does.
-    conflict = −log Σ_c p_a(c)·p_v(c): how unlikely it is that the audio-only and the video-only
-    model would name the same class; an unsure model that leaves two classes open (a sound two
-    classes share) does not count as disagreeing with the picture. Probabilities are floored at
-    PROB_FLOOR (each log term is at most ln(1/PROB_FLOOR) ≈ 9.2)."""
+    A flipped label scores on every model; a swapped sound on the audio-only model (and on the
+    fused one where it follows the sound). Probabilities are floored at PROB_FLOOR (each term
+    is at most ln(1/PROB_FLOOR) ≈ 9.2)."""
     y = ev.labels
-    probs = {r: calibrated(p, y) for r, p in ev.probs.items()}
-    score = sum(_evidence_against_label(p, y) for p in probs.values())
-    if {"audio", "video"} <= set(probs):
-        score = score + _conflict(probs["audio"], probs["video"])
+    score = sum(_evidence_against_label(calibrated(p, y), y) for p in ev.probs.values())
     return np.asarray(score, np.float64)
-
-
-def _conflict(pa: np.ndarray, pv: np.ndarray) -> np.ndarray:
-    """(n,) −log of the chance that the two models' answers coincide."""
-    return -np.log(np.maximum((pa * pv).sum(1), PROB_FLOOR))
 
 
 def _says(p: np.ndarray, names: list[str], mass: float = 0.8, most: int = 3) -> list[str]:
