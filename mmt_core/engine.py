@@ -528,6 +528,11 @@ def train_step(run: Run, batch: dict, sizes: list[int]) -> tuple[dict, torch.Ten
     return losses, correct
 
 
+def max_steps_reached(run: Run) -> bool:
+    """train.max_steps is set and the run has taken that many steps."""
+    return bool(run.cfg.train.max_steps and run.step >= run.cfg.train.max_steps)
+
+
 def train_epoch(run: Run, *, progress: bool = True, stop=None) -> tuple[dict, bool]:
     """The steps of `run.epoch` from batch `run.pos` on, until the epoch ends, train.max_steps
     is reached or `stop` is set (then a mid-epoch checkpoint is saved). Returns (train_loss,
@@ -569,7 +574,7 @@ def train_epoch(run: Run, *, progress: bool = True, stop=None) -> tuple[dict, bo
             write_record(run, {"type": "step", "step": run.step, "epoch": run.epoch,
                                "lr": run.sched.get_last_lr()[0], **values,
                                "acc": float(correct) / n, "samples_per_s": rate})
-        done = bool(tc.max_steps and run.step >= tc.max_steps)
+        done = max_steps_reached(run)
         if stop is not None and stop.is_set():
             done = stopped = True
         every = tc.save_every_steps and run.step % tc.save_every_steps == 0
@@ -648,12 +653,12 @@ def train(cfg: ExperimentConfig, out_dir, resume: bool = False, progress: bool =
     run = build_run(cfg, out_dir, resume=resume, on_record=on_record)
     tc = cfg.train
     val_report, views_report, train_stats = {}, {}, {}
-    done = bool(tc.max_steps and run.step >= tc.max_steps)
+    done = max_steps_reached(run)
     stopped = False
     while run.epoch <= tc.epochs and not done:
         started = time.time()
         train_stats, stopped = train_epoch(run, progress=progress, stop=stop)
-        done = stopped or bool(tc.max_steps and run.step >= tc.max_steps)
+        done = stopped or max_steps_reached(run)
         if run.pos < run.data.steps_per_epoch:  # ended by max_steps / stop mid-epoch
             break
         val, views = finish_epoch(run, train_stats, final=run.epoch == tc.epochs or done,

@@ -81,7 +81,9 @@ def test_queue_is_fifo_with_one_slot_and_one_run_per_session(tmp_path):
     assert tc.status == "stopped" and ended == ["a", "c"]
     depth = q.depth()
     assert (depth["waiting"], depth["running"], depth["slots"]) == (0, 0, 1)
-    assert depth["typical_s"] < 5  # a's finished run is the estimate now, not the first guess
+    # the estimate is now a's finished run (c was stopped: not a run's length), not the guess
+    assert len(q._durations) == 1
+    assert depth["typical_s"] == round(q._durations[0], 1) != classroom.FIRST_RUN_GUESS_S
 
 
 def test_two_slots_run_two_and_a_leaving_session_loses_its_queued_run(tmp_path):
