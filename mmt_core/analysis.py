@@ -355,8 +355,8 @@ def _usual_label_logp(lp_label: np.ndarray, y: np.ndarray) -> np.ndarray:
     usual = np.zeros(len(y))
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        for k, i in enumerate(idx):
-            if len(idx) > 1:
+        if len(idx) > 1:
+            for k, i in enumerate(idx):
                 usual[i] = np.median(np.delete(lp_label[idx], k))
     return usual
 

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .fewshot import POOL_FILE, attach, load_pool
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -180,8 +181,6 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu", pool: b
         raise CheckpointError(f"{dir}: cannot rebuild model '{meta.get('model')}' ({e})") from None
     load_weights_into(model, dir)
     if pool:
-        from .fewshot import attach, load_pool
-
         try:
             attach(model, load_pool(dir))  # a few-clip checkpoint's pooled predictions (eval only)
         except ValueError as e:
@@ -282,8 +281,6 @@ def export_checkpoint(src: str | Path, dst: str | Path, metrics: dict | None = N
     os.chmod(tmp, 0o755)
     try:
         shutil.copyfile(src / WEIGHTS, tmp / WEIGHTS)
-        from .fewshot import POOL_FILE
-
         if (src / POOL_FILE).is_file():  # fitted on these weights: travels with them
             shutil.copyfile(src / POOL_FILE, tmp / POOL_FILE)
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=_json_default))
